@@ -1,0 +1,294 @@
+"""Image decoding and preprocessing, defined once for training, evaluation and serving.
+
+Only numpy and Pillow are needed here, so the serving install (no torch) runs exactly the same code
+that produced the validation and test metrics during training.
+
+The pipeline for inference and evaluation is::
+
+    bytes/path --open_image--> RGB PIL image --resize_and_crop--> input_size x input_size
+               --to_chw_float--> float32 (3, H, W), normalised with mean/std
+
+``open_image`` guards against bad input before any pixel is decoded: it checks the format against an
+allow-list and the declared pixel count against a cap (so a tiny PNG declaring 100000x100000 pixels
+is refused in microseconds), uses JPEG draft mode to decode at a reduced scale when the image is
+much larger than needed, applies the EXIF orientation and converts every mode (grayscale,
+palette, CMYK, alpha, 16-bit) to RGB.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, get_args
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imgclf.errors import ConfigError, ImageDecodeError, ImageTooLargeError, UnsupportedMediaError
+
+Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]
+CropMode = Literal["center", "squash"]
+
+#: Pillow formats accepted as input. Anything else is refused as unsupported media.
+SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+
+#: Default cap on declared pixels: 24 MP (a 6000x4000 camera photo). Pillow's own limit is about
+#: 89 MP (warning) and 179 MP (error); a 6000x6000 PNG of 35 KB already costs ~127 MB to decode.
+DEFAULT_MAX_PIXELS = 24_000_000
+
+_RESAMPLE: dict[str, Image.Resampling] = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+ImageSource = bytes | bytearray | memoryview | str | Path | BinaryIO
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How an image becomes a model input. Travels with the model inside the bundle manifest.
+
+    Attributes:
+        input_size: Side of the square model input, in pixels.
+        crop_pct: Fraction of the resized image kept by the centre crop; the short side is first
+            resized to ``floor(input_size / crop_pct)``.
+        crop_mode: ``"center"`` keeps the aspect ratio then centre-crops; ``"squash"`` resizes both
+            sides to the same length (no content is cut, shapes are distorted) then centre-crops.
+        interpolation: Resampling filter used for resizing.
+        mean: Per-channel mean subtracted from pixels scaled to [0, 1].
+        std: Per-channel standard deviation pixels are divided by.
+    """
+
+    input_size: int = 224
+    crop_pct: float = 0.875
+    crop_mode: CropMode = "center"
+    interpolation: Interpolation = "bicubic"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    _extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.input_size <= 2048:
+            raise ConfigError(f"input_size must be between 16 and 2048, got {self.input_size}")
+        if not 0.1 <= self.crop_pct <= 1.0:
+            raise ConfigError(f"crop_pct must be in [0.1, 1.0], got {self.crop_pct}")
+        if self.crop_mode not in get_args(CropMode):
+            raise ConfigError(
+                f"crop_mode must be one of {get_args(CropMode)}, got {self.crop_mode!r}"
+            )
+        if self.interpolation not in _RESAMPLE:
+            raise ConfigError(
+                f"interpolation must be one of {sorted(_RESAMPLE)}, got {self.interpolation!r}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise ConfigError("mean and std must have 3 values each, std strictly positive")
+
+    @property
+    def resize_size(self) -> int:
+        """Length the short side is resized to before the centre crop."""
+        return math.floor(self.input_size / self.crop_pct)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable form, as stored in manifests and ONNX metadata."""
+        data = asdict(self)
+        data.pop("_extra")
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        data["resize_size"] = self.resize_size
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PreprocessConfig:
+        """Build from :meth:`to_dict` output; unknown keys are refused, derived keys ignored."""
+        known = {"input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std"}
+        unknown = set(data) - known - {"resize_size"}
+        if unknown:
+            raise ConfigError(f"unknown preprocessing keys: {sorted(unknown)}")
+        kwargs: dict[str, Any] = {k: data[k] for k in known if k in data}
+        for key in ("mean", "std"):
+            if key in kwargs:
+                kwargs[key] = tuple(float(v) for v in kwargs[key])
+        return cls(**kwargs)
+
+    @classmethod
+    def from_timm(
+        cls, pretrained_cfg: Mapping[str, Any], input_size: int | None = None
+    ) -> PreprocessConfig:
+        """Take the settings a timm model was pretrained with (``model.pretrained_cfg``).
+
+        Args:
+            pretrained_cfg: timm's pretrained config mapping (``input_size``, ``crop_pct``, ...).
+            input_size: Override the input side (e.g. to fine-tune at another resolution).
+        """
+        size = input_size or int(pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+        interpolation = str(pretrained_cfg.get("interpolation", "bicubic"))
+        crop_mode = str(pretrained_cfg.get("crop_mode", "center"))
+        return cls(
+            input_size=size,
+            crop_pct=float(pretrained_cfg.get("crop_pct", 0.875)),
+            crop_mode="squash" if crop_mode == "squash" else "center",
+            interpolation=interpolation if interpolation in _RESAMPLE else "bicubic",  # type: ignore[arg-type]
+            mean=tuple(float(v) for v in pretrained_cfg.get("mean", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in pretrained_cfg.get("std", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
+        )
+
+
+def _as_stream(source: ImageSource) -> BinaryIO | str | Path:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageDecodeError("empty input: zero bytes received, expected an image")
+        return io.BytesIO(bytes(source))
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageDecodeError(f"{path}: no such file")
+        if path.stat().st_size == 0:
+            raise ImageDecodeError(f"{path}: empty file (zero bytes)")
+    return source
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparent areas become white.
+
+    Product photos often have transparent backgrounds: compositing on white matches how they are
+    shown in a shop, where a plain ``convert("RGB")`` would turn them black.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+    if image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(
+    source: ImageSource,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+) -> Image.Image:
+    """Decode an image safely into an RGB Pillow image with its EXIF orientation applied.
+
+    Args:
+        source: Encoded bytes, a path, or a binary file object.
+        max_pixels: Refuse images declaring more pixels than this, before decoding (None: no cap
+            beyond Pillow's own).
+        draft_size: If set, JPEGs are decoded at the smallest power-of-two reduction whose sides
+            are still at least this many pixels (much faster for large photos).
+
+    Returns:
+        A fully loaded RGB image.
+
+    Raises:
+        ImageDecodeError: The input is empty, truncated, corrupt or not a file.
+        UnsupportedMediaError: The input is not an image, or a format that is not accepted.
+        ImageTooLargeError: The image declares more than ``max_pixels`` pixels.
+    """
+    stream = _as_stream(source)
+    name = str(source) if isinstance(source, (str, Path)) else "image"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+            return _decode_opened(image, name, max_pixels, draft_size)
+    except UnidentifiedImageError as exc:
+        raise UnsupportedMediaError(f"{name}: not a recognised image format") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"{name}: too many pixels ({exc})") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if isinstance(exc, ImageDecodeError | UnsupportedMediaError | ImageTooLargeError):
+            raise
+        raise ImageDecodeError(f"{name}: corrupt or truncated image ({exc})") from exc
+
+
+def _decode_opened(
+    image: Image.Image, name: str, max_pixels: int | None, draft_size: int | None
+) -> Image.Image:
+    fmt = image.format or "unknown"
+    if fmt not in SUPPORTED_FORMATS:
+        raise UnsupportedMediaError(
+            f"{name}: image format {fmt} is not accepted; use one of {sorted(SUPPORTED_FORMATS)}"
+        )
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"{name}: image has no pixels ({width}x{height})")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit "
+            f"of {max_pixels:,}"
+        )
+    if draft_size is not None and fmt in ("JPEG", "MPO"):
+        image.draft("RGB", (draft_size, draft_size))
+    image.load()
+    image = ImageOps.exif_transpose(image) or image
+    return to_rgb(image)
+
+
+def resize_and_crop(image: Image.Image, config: PreprocessConfig) -> Image.Image:
+    """Resize then centre-crop to ``config.input_size`` square, as the model expects."""
+    resample = _RESAMPLE[config.interpolation]
+    scale = config.resize_size
+    width, height = image.size
+    if config.crop_mode == "squash":
+        new_w = new_h = scale
+    elif width <= height:
+        new_w, new_h = scale, max(scale, round(height * scale / width))
+    else:
+        new_w, new_h = max(scale, round(width * scale / height)), scale
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), resample, reducing_gap=3.0)
+    size = config.input_size
+    left = (new_w - size) // 2
+    top = (new_h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def normalize(pixels: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Turn uint8 ``(..., H, W, 3)`` pixels into normalised float32 ``(..., 3, H, W)``."""
+    mean = np.asarray(config.mean, dtype=np.float32) * 255.0
+    inv_std = 1.0 / (np.asarray(config.std, dtype=np.float32) * 255.0)
+    out = (pixels.astype(np.float32) - mean) * inv_std
+    return np.ascontiguousarray(np.moveaxis(out, -1, -3))
+
+
+def load_pixels(
+    source: ImageSource, config: PreprocessConfig, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode, resize and crop one image into uint8 ``(H, W, 3)`` model-ready pixels."""
+    image = open_image(source, max_pixels=max_pixels, draft_size=config.resize_size)
+    return np.asarray(resize_and_crop(image, config), dtype=np.uint8)
+
+
+def preprocess(
+    source: ImageSource, config: PreprocessConfig, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Decode and preprocess one image into a float32 ``(3, H, W)`` model input."""
+    return normalize(load_pixels(source, config, max_pixels=max_pixels), config)
+
+
+def preprocess_batch(
+    sources: Iterable[ImageSource],
+    config: PreprocessConfig,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Preprocess several images into one float32 ``(N, 3, H, W)`` batch."""
+    pixels = [load_pixels(src, config, max_pixels=max_pixels) for src in sources]
+    if not pixels:
+        return np.zeros((0, 3, config.input_size, config.input_size), dtype=np.float32)
+    return normalize(np.stack(pixels), config)
