@@ -1,0 +1,109 @@
+"""The Triton model repository export: layout, and a config.pbtxt Triton's own schema accepts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from imgclf.bundle import load_bundle
+from imgclf.errors import BundleError, ConfigError, ExportError
+from imgclf.export.triton import export_triton_repository
+
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+text_format = pytest.importorskip("google.protobuf.text_format")
+
+
+def parse_config(model_dir: Path) -> object:
+    config = model_config_pb2.ModelConfig()
+    # Triton's own message definition: an unknown field or bad enum value fails here.
+    text_format.Parse((model_dir / "config.pbtxt").read_text(encoding="utf-8"), config)
+    return config
+
+
+def test_layout_and_config_match_triton_schema(tiny_bundle: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    model_dir = export_triton_repository(tiny_bundle, repo, max_batch_size=8)
+
+    assert model_dir == repo / "colors"
+    onnx_bytes = (tiny_bundle / "model.onnx").read_bytes()
+    assert (model_dir / "1" / "model.onnx").read_bytes() == onnx_bytes
+    assert (model_dir / "labels.txt").read_text().splitlines() == ["red", "green", "blue"]
+    meta = json.loads((model_dir / "imgclf.json").read_text())
+    assert meta["preprocessing"]["input_size"] == 32
+    assert meta["labels"] == ["red", "green", "blue"]
+
+    config = parse_config(model_dir)
+    assert config.name == "colors"
+    assert config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == 8
+    (inp,) = config.input
+    assert (inp.name, inp.data_type, list(inp.dims)) == (
+        "input",
+        model_config_pb2.TYPE_FP32,
+        [3, 32, 32],
+    )
+    (out,) = config.output
+    assert (out.name, out.data_type, list(out.dims)) == ("logits", model_config_pb2.TYPE_FP32, [3])
+    assert out.label_filename == "labels.txt"
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
+    assert config.version_policy.latest.num_versions == 1
+    params = config.parameters
+    assert json.loads(params["imgclf.labels"].string_value) == ["red", "green", "blue"]
+    assert json.loads(params["imgclf.preprocessing"].string_value)["input_size"] == 32
+
+
+def test_second_version_is_added_beside_the_first(tiny_bundle: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    export_triton_repository(tiny_bundle, repo, model_name="m", version=1)
+    export_triton_repository(tiny_bundle, repo, model_name="m", version=2, max_batch_size=0)
+    assert sorted(p.name for p in (repo / "m").iterdir() if p.is_dir()) == ["1", "2"]
+    config = parse_config(repo / "m")
+    assert config.max_batch_size == 0
+    assert list(config.input[0].dims) == [-1, 3, 32, 32]  # batch dim kept when batching is off
+    assert not config.HasField("dynamic_batching")
+
+
+def test_unusual_label_text_survives_the_config(tiny_bundle: Path, tmp_path: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    bundle.manifest.labels = ['rouge "vif"', "vert\\clair", "bleu ciel é"]
+    bundle.save()
+    model_dir = export_triton_repository(tiny_bundle, tmp_path / "repo")
+    labels = json.loads(parse_config(model_dir).parameters["imgclf.labels"].string_value)
+    assert labels == ['rouge "vif"', "vert\\clair", "bleu ciel é"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"model_name": "../escape"}, "model name"),
+        ({"version": 0}, "version"),
+        ({"max_batch_size": -1}, "max_batch_size"),
+        ({"artifact": "tflite"}, "artifact"),
+    ],
+)
+def test_bad_options_are_refused(
+    tiny_bundle: Path, tmp_path: Path, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        export_triton_repository(tiny_bundle, tmp_path / "repo", **options)  # type: ignore[arg-type]
+    assert not (tmp_path / "repo").exists()
+
+
+def test_missing_artifact_says_how_to_create_it(tiny_bundle: Path, tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="imgclf export"):
+        export_triton_repository(tiny_bundle, tmp_path / "repo", artifact="onnx-int8")
+
+
+def test_fixed_batch_model_needs_batching_off(tmp_path: Path, tiny_bundle: Path) -> None:
+    import onnx
+
+    path = tiny_bundle / "model.onnx"
+    model = onnx.load(path)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, path)
+    bundle = load_bundle(tiny_bundle, verify=False)
+    with pytest.raises(ExportError, match="fixed batch dimension"):
+        export_triton_repository(bundle, tmp_path / "repo", max_batch_size=4)
