@@ -18,10 +18,12 @@ Hierarchy::
     │   ├── ImageDecodeError         not a decodable image: corrupt, truncated, zero bytes (400)
     │   ├── UnsupportedMediaError    content is not a supported image type (415)
     │   ├── ImageTooLargeError       too many pixels or bytes (413)
-    │   └── FetchError               a URL input could not be fetched safely (400)
-    │       └── ForbiddenURLError    the URL points at a refused address or scheme (400/403)
+    │   ├── FetchError               a URL input could not be fetched safely (400)
+    │   │   └── ForbiddenURLError    the URL points at a refused address or scheme (400/403)
+    │   └── ModelNotFoundError       no such model or version on this server (404)
     └── ServingError                 the serving path failed (maps to HTTP 5xx)
         ├── OverloadedError          the request queue is full (503 + Retry-After)
+        ├── ModelNotReadyError       the model exists but is not loaded (yet) (503)
         └── ModelServerError         a remote model server is unavailable or failed (502/503/504)
 """
 
@@ -96,6 +98,12 @@ class ForbiddenURLError(FetchError):
     status_code = 400
 
 
+class ModelNotFoundError(InputError):
+    """The request names a model or version this server does not serve."""
+
+    status_code = 404
+
+
 class ServingError(ImgclfError):
     """The serving path failed for a reason that is not the caller's fault."""
 
@@ -110,6 +118,12 @@ class OverloadedError(ServingError):
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class ModelNotReadyError(ServingError):
+    """The model (or the server) is not ready to answer yet; retry later."""
+
+    status_code = 503
 
 
 class ModelServerError(ServingError):
