@@ -1,0 +1,398 @@
+"""Fetch an image from a URL without letting the URL reach places it should not (SSRF-safe).
+
+Used by ``imgclf predict URL``, the REST API (``{"url": ...}``) and the Lambda handler. Every hop
+(the first request and each redirect) is checked the same way:
+
+1. the scheme is ``http`` or ``https`` and the URL is not absurdly long;
+2. the host is on the optional allow-list;
+3. the host is resolved and **every** address it resolves to must be public: loopback, private,
+   link-local (including the cloud metadata address 169.254.169.254), carrier-grade NAT, reserved,
+   multicast and unspecified addresses are refused, as are IPv6 forms that embed one of them
+   (IPv4-mapped, 6to4, Teredo, NAT64);
+4. the connection goes to the vetted IP itself, with the original ``Host`` header and TLS server
+   name, so a DNS answer that changes between the check and the connect (DNS rebinding) cannot
+   redirect it.
+
+Redirects are followed by hand up to a limit, connect and read timeouts and an overall deadline
+apply, and the body is streamed with a byte cap (the ``Content-Length`` header is checked first).
+Loopback addresses can be allowed explicitly (``allow_loopback``) for local testing; it is off by
+default. Proxies from the environment are ignored, since a proxy would make the connection itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from imgclf.errors import FetchError, ForbiddenURLError, ImageTooLargeError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: ``resolve(host, port)`` -> the addresses the host resolves to (strings).
+Resolver = Callable[[str, int], Sequence[str]]
+AsyncResolver = Callable[[str, int], Awaitable[Sequence[str]]]
+
+ALLOWED_SCHEMES = ("http", "https")
+MAX_URL_LENGTH = 4096
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_USER_AGENT = "imgclf-fetch/1"
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Limits for fetching one URL.
+
+    Attributes:
+        max_bytes: Largest body accepted; larger bodies are refused with ``ImageTooLargeError``.
+        connect_timeout_s: Time allowed to open each connection.
+        read_timeout_s: Time allowed between two reads of the response.
+        total_timeout_s: Deadline for the whole fetch, redirects included.
+        max_redirects: Redirects followed before giving up.
+        allowed_hosts: If not empty, only these hosts (and their subdomains) may be fetched.
+        allow_loopback: Allow 127.0.0.0/8 and ::1 (for local testing only; off by default).
+    """
+
+    max_bytes: int = 10 * 1024 * 1024
+    connect_timeout_s: float = 3.0
+    read_timeout_s: float = 5.0
+    total_timeout_s: float = 15.0
+    max_redirects: int = 3
+    allowed_hosts: frozenset[str] = field(default_factory=frozenset)
+    allow_loopback: bool = False
+
+    @classmethod
+    def create(cls, *, allowed_hosts: Iterable[str] = (), **kwargs: Any) -> FetchPolicy:
+        """Build a policy, normalising the allow-list (lower case, no trailing dot)."""
+        hosts = frozenset(h.strip().lower().rstrip(".") for h in allowed_hosts if h.strip())
+        return cls(allowed_hosts=hosts, **kwargs)
+
+
+@dataclass(frozen=True)
+class _Hop:
+    """One vetted request: where to connect and what to tell the server."""
+
+    url: httpx.URL  # the original URL, as the user (or redirect) gave it
+    connect_url: httpx.URL  # same URL with the host replaced by the vetted IP
+    host_header: str
+    server_name: str
+
+
+def is_forbidden_address(address: IPAddress, *, allow_loopback: bool = False) -> str | None:
+    """Say why an address must not be fetched from, or return None if it is public.
+
+    Args:
+        address: The resolved address.
+        allow_loopback: Accept loopback addresses (local testing only).
+
+    Returns:
+        A short reason such as ``"private"`` or ``"link-local (cloud metadata)"``, or None.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            return is_forbidden_address(embedded, allow_loopback=allow_loopback)
+    if address.is_loopback:
+        return None if allow_loopback else "loopback"
+    checks = (
+        ("unspecified", address.is_unspecified),
+        ("link-local (cloud metadata)", address.is_link_local),
+        ("multicast", address.is_multicast),
+        ("reserved", address.is_reserved),
+        ("private", address.is_private),
+        ("not globally routable", not address.is_global),
+    )
+    for reason, hit in checks:
+        if hit:
+            return reason
+    return None
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def _parse_url(url: str | httpx.URL) -> httpx.URL:
+    text = str(url)
+    if len(text) > MAX_URL_LENGTH:
+        raise ForbiddenURLError(
+            f"URL is {len(text)} characters long; the limit is {MAX_URL_LENGTH}"
+        )
+    try:
+        parsed = httpx.URL(text)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise ForbiddenURLError(f"not a valid URL: {exc}") from exc
+    if parsed.scheme not in ALLOWED_SCHEMES:
+        raise ForbiddenURLError(
+            f"URL scheme {parsed.scheme or '(none)'!r} is not allowed; use http or https"
+        )
+    if not parsed.host:
+        raise ForbiddenURLError("URL has no host; give an absolute http(s) URL")
+    return parsed
+
+
+def _check_allowlist(host: str, policy: FetchPolicy) -> None:
+    if not policy.allowed_hosts:
+        return
+    name = host.lower().rstrip(".")
+    if any(name == h or name.endswith("." + h) for h in policy.allowed_hosts):
+        return
+    raise ForbiddenURLError(
+        f"host {host!r} is not on the allow-list ({', '.join(sorted(policy.allowed_hosts))})"
+    )
+
+
+def _vet_addresses(host: str, addresses: Sequence[str], policy: FetchPolicy) -> str:
+    """Return the address to connect to, refusing the host if any of its addresses is unsafe."""
+    if not addresses:
+        raise FetchError(f"host {host!r} did not resolve to any address")
+    for text in addresses:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+        reason = is_forbidden_address(address, allow_loopback=policy.allow_loopback)
+        if reason is not None:
+            raise ForbiddenURLError(
+                f"host {host!r} resolves to {address}, a {reason} address; only public "
+                "addresses may be fetched"
+            )
+    return addresses[0].split("%", 1)[0]
+
+
+def _host(url: httpx.URL) -> str:
+    """The host in ASCII (IDNA) form, without IPv6 brackets."""
+    return url.raw_host.decode("ascii")
+
+
+def _port(url: httpx.URL) -> int:
+    return url.port or (443 if url.scheme == "https" else 80)
+
+
+def _literal_ip(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
+def _make_hop(url: httpx.URL, addresses: Sequence[str], policy: FetchPolicy) -> _Hop:
+    host = _host(url)
+    ip = _vet_addresses(host, addresses, policy)
+    host_header = f"[{host}]" if ":" in host else host
+    if url.port is not None and url.port != (443 if url.scheme == "https" else 80):
+        host_header = f"{host_header}:{url.port}"
+    return _Hop(
+        url=url, connect_url=url.copy_with(host=ip), host_header=host_header, server_name=host
+    )
+
+
+def system_resolve(host: str, port: int) -> list[str]:
+    """Resolve ``host`` with the system resolver; raise ``FetchError`` if it does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise FetchError(f"cannot resolve host {host!r}: {exc}") from exc
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+async def system_resolve_async(host: str, port: int) -> list[str]:
+    """Asynchronous :func:`system_resolve` (the resolver runs in the loop's thread pool)."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise FetchError(f"cannot resolve host {host!r}: {exc}") from exc
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _timeout(policy: FetchPolicy) -> httpx.Timeout:
+    return httpx.Timeout(
+        connect=policy.connect_timeout_s,
+        read=policy.read_timeout_s,
+        write=policy.read_timeout_s,
+        pool=policy.connect_timeout_s,
+    )
+
+
+def _request(client: httpx.Client | httpx.AsyncClient, hop: _Hop) -> httpx.Request:
+    return client.build_request(
+        "GET",
+        hop.connect_url,
+        headers={"Host": hop.host_header, "User-Agent": _USER_AGENT, "Accept": "image/*"},
+        extensions={"sni_hostname": hop.server_name},
+    )
+
+
+def _redirect_target(response: httpx.Response, hop: _Hop) -> httpx.URL | None:
+    """The next URL if the response is a redirect, else None; raise on HTTP errors."""
+    if response.status_code in _REDIRECT_CODES:
+        location = response.headers.get("location")
+        if not location:
+            raise FetchError(f"{hop.url} answered {response.status_code} without a Location")
+        return hop.url.join(location)
+    if response.status_code >= 400:
+        raise FetchError(f"{hop.url} answered HTTP {response.status_code}; expected an image")
+    return None
+
+
+def _check_declared_size(response: httpx.Response, hop: _Hop, policy: FetchPolicy) -> None:
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > policy.max_bytes:
+        raise ImageTooLargeError(
+            f"{hop.url} declares {int(declared):,} bytes; the limit is {policy.max_bytes:,}"
+        )
+
+
+class _BodyBuffer:
+    """Accumulates a streamed body and enforces the byte cap and the overall deadline."""
+
+    def __init__(self, hop: _Hop, policy: FetchPolicy, deadline: float) -> None:
+        self._hop, self._policy, self._deadline = hop, policy, deadline
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self._policy.max_bytes:
+            raise ImageTooLargeError(
+                f"{self._hop.url} sent more than {self._policy.max_bytes:,} bytes; "
+                "send a smaller image"
+            )
+        if time.monotonic() > self._deadline:
+            raise FetchError(
+                f"{self._hop.url} took longer than {self._policy.total_timeout_s:g} s to download"
+            )
+        self._chunks.append(chunk)
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._chunks)
+
+
+def _hop_for(url: httpx.URL, policy: FetchPolicy, resolver: Resolver) -> _Hop:
+    host = _host(url)
+    _check_allowlist(host, policy)
+    literal = _literal_ip(host)
+    addresses = [literal] if literal else resolver(host, _port(url))
+    return _make_hop(url, addresses, policy)
+
+
+def _wrap_transport_error(exc: httpx.HTTPError, url: httpx.URL) -> FetchError:
+    if isinstance(exc, httpx.TimeoutException):
+        return FetchError(f"timed out fetching {url} ({type(exc).__name__})")
+    return FetchError(f"could not fetch {url}: {type(exc).__name__}: {exc}")
+
+
+def fetch_url(
+    url: str,
+    policy: FetchPolicy | None = None,
+    *,
+    resolver: Resolver = system_resolve,
+    transport: httpx.BaseTransport | None = None,
+) -> bytes:
+    """Download ``url`` safely and return the body bytes.
+
+    Args:
+        url: An absolute ``http`` or ``https`` URL.
+        policy: Limits and address rules (defaults to :class:`FetchPolicy`).
+        resolver: Host resolver (injectable for tests).
+        transport: httpx transport (injectable for tests).
+
+    Returns:
+        The response body, at most ``policy.max_bytes`` long.
+
+    Raises:
+        ForbiddenURLError: Bad scheme, host not allowed, or an address that is not public.
+        ImageTooLargeError: The body is larger than ``policy.max_bytes``.
+        FetchError: Timeout, connection failure, HTTP error, or too many redirects.
+    """
+    policy = policy or FetchPolicy()
+    deadline = time.monotonic() + policy.total_timeout_s
+    target = _parse_url(url)
+    with httpx.Client(timeout=_timeout(policy), trust_env=False, transport=transport) as client:
+        for _ in range(policy.max_redirects + 1):
+            hop = _hop_for(target, policy, resolver)
+            try:
+                response = client.send(_request(client, hop), stream=True)
+                try:
+                    next_url = _redirect_target(response, hop)
+                    if next_url is None:
+                        _check_declared_size(response, hop, policy)
+                        body = _BodyBuffer(hop, policy, deadline)
+                        for chunk in response.iter_bytes():
+                            body.add(chunk)
+                        return body.getvalue()
+                finally:
+                    response.close()
+            except httpx.HTTPError as exc:
+                raise _wrap_transport_error(exc, hop.url) from exc
+            target = _parse_url(next_url)
+    raise FetchError(f"{url} redirected more than {policy.max_redirects} times")
+
+
+async def _hop_for_async(url: httpx.URL, policy: FetchPolicy, resolver: AsyncResolver) -> _Hop:
+    host = _host(url)
+    _check_allowlist(host, policy)
+    literal = _literal_ip(host)
+    addresses = [literal] if literal else await resolver(host, _port(url))
+    return _make_hop(url, addresses, policy)
+
+
+async def fetch_url_async(
+    url: str,
+    policy: FetchPolicy | None = None,
+    *,
+    resolver: AsyncResolver = system_resolve_async,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> bytes:
+    """Asynchronous :func:`fetch_url`, for event-loop servers. Same checks, same errors."""
+    policy = policy or FetchPolicy()
+    try:
+        async with asyncio.timeout(policy.total_timeout_s):
+            return await _fetch_async(url, policy, resolver, transport)
+    except TimeoutError as exc:
+        raise FetchError(
+            f"fetching {url} took longer than {policy.total_timeout_s:g} s; try a faster host"
+        ) from exc
+
+
+async def _fetch_async(
+    url: str,
+    policy: FetchPolicy,
+    resolver: AsyncResolver,
+    transport: httpx.AsyncBaseTransport | None,
+) -> bytes:
+    deadline = time.monotonic() + policy.total_timeout_s
+    target = _parse_url(url)
+    async with httpx.AsyncClient(
+        timeout=_timeout(policy), trust_env=False, transport=transport
+    ) as client:
+        for _ in range(policy.max_redirects + 1):
+            hop = await _hop_for_async(target, policy, resolver)
+            try:
+                response = await client.send(_request(client, hop), stream=True)
+                try:
+                    next_url = _redirect_target(response, hop)
+                    if next_url is None:
+                        _check_declared_size(response, hop, policy)
+                        body = _BodyBuffer(hop, policy, deadline)
+                        async for chunk in response.aiter_bytes():
+                            body.add(chunk)
+                        return body.getvalue()
+                finally:
+                    await response.aclose()
+            except httpx.HTTPError as exc:
+                raise _wrap_transport_error(exc, hop.url) from exc
+            target = _parse_url(next_url)
+    raise FetchError(f"{url} redirected more than {policy.max_redirects} times")
