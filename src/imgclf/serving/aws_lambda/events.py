@@ -1,0 +1,219 @@
+"""Turn Lambda events into image requests, and results into Lambda responses.
+
+Three request shapes reach the handler synchronously:
+
+- **API Gateway REST API** (payload format 1.0) and **HTTP API** (payload format 2.0) proxy
+  events: the body is JSON ``{"url": ...}`` or ``{"image": <base64>}`` (optionally with
+  ``"top_k"``), or the raw image bytes (``isBase64Encoded``, any ``image/*`` content type);
+  ``?top_k=`` works in the query string too. The answer is a proxy response with a status code.
+- **Direct invocation** (``aws lambda invoke``, Step Functions, ...) with the same JSON object as
+  the event; the answer is the prediction object itself, or ``{"detail", "statusCode"}``.
+
+Status codes: 400 unreadable JSON or base64, 405 not a POST, 413 over Lambda's 6 MB synchronous
+payload limit or the image pixel cap, 415 not a supported image, 422 a JSON object of the wrong
+shape; input errors raised while decoding keep their own
+:attr:`~imgclf.errors.InputError.status_code`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from imgclf.errors import ImageTooLargeError, InputError
+from imgclf.serving.aws_lambda.settings import LAMBDA_SYNC_PAYLOAD_LIMIT
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+_JSON_FIELDS = frozenset({"url", "image", "top_k"})
+
+
+class RequestShapeError(InputError):
+    """A JSON request of the wrong shape (missing or extra fields, wrong types)."""
+
+    status_code = 422
+
+
+class MethodNotAllowedError(InputError):
+    """The HTTP method is not POST."""
+
+    status_code = 405
+
+
+class EventKind(StrEnum):
+    """Which AWS service (or caller) produced an event."""
+
+    API_GATEWAY_V1 = "apigateway-v1"
+    API_GATEWAY_V2 = "apigateway-v2"
+    S3 = "s3"
+    DIRECT = "direct"
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One image to classify: given inline (``image``) or by ``url``."""
+
+    image: bytes | None = None
+    url: str | None = None
+    top_k: int | None = None
+
+
+def event_kind(event: Any) -> EventKind:
+    """Classify an event by the fields AWS documents for each source."""
+    if isinstance(event, dict):
+        records = event.get("Records")
+        if (
+            isinstance(records, list)
+            and records
+            and isinstance(records[0], dict)
+            and records[0].get("eventSource") == "aws:s3"
+        ):
+            return EventKind.S3
+        if isinstance(event.get("requestContext"), dict):
+            if event.get("version") == "2.0":
+                return EventKind.API_GATEWAY_V2
+            if "httpMethod" in event:
+                return EventKind.API_GATEWAY_V1
+    return EventKind.DIRECT
+
+
+def parse_http_event(event: dict[str, Any], kind: EventKind, max_bytes: int) -> ImageRequest:
+    """Read the image request out of an API Gateway proxy event (payload 1.0 or 2.0).
+
+    Raises:
+        InputError: The method, size, encoding or content of the body is unusable.
+    """
+    method = (
+        event.get("requestContext", {}).get("http", {}).get("method")
+        if kind is EventKind.API_GATEWAY_V2
+        else event.get("httpMethod")
+    )
+    if method and str(method).upper() != "POST":
+        raise MethodNotAllowedError(f"method {method} is not allowed; send a POST")
+    data = _body_bytes(event, max_bytes)
+    query = event.get("queryStringParameters") or {}
+    query_top_k = _query_top_k(query.get("top_k")) if isinstance(query, dict) else None
+    content_type = _header(event, "content-type").split(";")[0].strip().lower()
+    if content_type == "application/json" or (
+        not content_type.startswith("image/") and data.lstrip()[:1] == b"{"
+    ):
+        request = parse_json_request(_load_json(data))
+        return request if request.top_k is not None else _with_top_k(request, query_top_k)
+    return ImageRequest(image=data, top_k=query_top_k)
+
+
+def parse_direct_event(event: Any, max_bytes: int) -> ImageRequest:
+    """Read the image request of a direct invocation (the event is the JSON request)."""
+    image = event.get("image") if isinstance(event, dict) else None
+    if isinstance(image, str) and len(image) > max_bytes:
+        raise payload_too_large(len(image), max_bytes)
+    return parse_json_request(event)
+
+
+def parse_json_request(payload: Any) -> ImageRequest:
+    """Validate ``{"url": ...}`` or ``{"image": <base64>}`` with an optional ``top_k``.
+
+    Raises:
+        RequestShapeError: Not an object, unknown fields, both or neither of url/image, bad types.
+        InputError: ``image`` is not valid base64 (400).
+    """
+    if not isinstance(payload, dict):
+        raise RequestShapeError(
+            'the request must be a JSON object: {"url": "https://..."} or {"image": "<base64>"}'
+        )
+    unknown = sorted(set(payload) - _JSON_FIELDS)
+    if unknown:
+        raise RequestShapeError(f"unknown fields {unknown}; allowed: url, image, top_k")
+    url, image = payload.get("url"), payload.get("image")
+    if (url is None) == (image is None):
+        raise RequestShapeError('send exactly one of "url" (an image URL) or "image" (base64)')
+    top_k = payload.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise RequestShapeError(f'"top_k" must be a positive integer, got {top_k!r}')
+    if url is not None:
+        if not isinstance(url, str) or not url:
+            raise RequestShapeError('"url" must be a non-empty string')
+        return ImageRequest(url=url, top_k=top_k)
+    if not isinstance(image, str):
+        raise RequestShapeError('"image" must be a base64 string')
+    return ImageRequest(image=decode_base64(image, what='"image"'), top_k=top_k)
+
+
+def decode_base64(text: str, *, what: str) -> bytes:
+    """Strict base64 (a ``data:image/...;base64,`` prefix is accepted); 400 when invalid."""
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError(f"{what} is not valid base64 ({exc}); encode the image bytes") from exc
+
+
+def payload_too_large(size: int, limit: int) -> ImageTooLargeError:
+    """The 413 error for a request body over the synchronous payload limit."""
+    reason = (
+        "AWS Lambda's 6 MB limit for synchronous invocations"
+        if limit == LAMBDA_SYNC_PAYLOAD_LIMIT
+        else "MAX_REQUEST_BYTES"
+    )
+    return ImageTooLargeError(
+        f"request body is {size:,} bytes; the limit is {limit:,} bytes ({reason}). Send a "
+        'smaller image, an image URL ({"url": ...}), or upload it to the S3 bucket instead'
+    )
+
+
+def http_response(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """An API Gateway proxy response (valid for payload formats 1.0 and 2.0)."""
+    return {
+        "statusCode": status,
+        "headers": dict(JSON_HEADERS),
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
+
+
+def _body_bytes(event: dict[str, Any], max_bytes: int) -> bytes:
+    body = event.get("body")
+    if body is None or body == "":
+        raise InputError(
+            'request body is empty; send JSON {"url": ...} or {"image": "<base64>"}, '
+            "or the image bytes with an image/* Content-Type"
+        )
+    if not isinstance(body, str):
+        raise RequestShapeError("request body must be a string")
+    encoded = body.encode("utf-8")
+    if len(encoded) > max_bytes:
+        raise payload_too_large(len(encoded), max_bytes)
+    if event.get("isBase64Encoded"):
+        return decode_base64(body, what="the base64-encoded request body")
+    return encoded
+
+
+def _header(event: dict[str, Any], name: str) -> str:
+    headers = event.get("headers") or {}
+    for key, value in headers.items():
+        if key.lower() == name and isinstance(value, str):
+            return value
+    return ""
+
+
+def _load_json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"request body is not valid JSON ({exc})") from exc
+
+
+def _query_top_k(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not str(value).isdigit() or int(value) < 1:
+        raise RequestShapeError(f"query parameter top_k must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _with_top_k(request: ImageRequest, top_k: int | None) -> ImageRequest:
+    return ImageRequest(image=request.image, url=request.url, top_k=top_k)

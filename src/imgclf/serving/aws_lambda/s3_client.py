@@ -1,0 +1,49 @@
+"""A shared boto3 S3 client, created on first use.
+
+boto3 takes hundreds of milliseconds to import, so it is imported only when a request actually
+touches S3 (an S3 event or an ``s3://`` ``MODEL_URI``); API requests never pay for it. The endpoint
+comes from boto3's own configuration (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), which is
+also how tests point the handler at a local S3-compatible server.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from imgclf.errors import ConfigError
+
+_clients: dict[tuple[str | None, ...], Any] = {}
+_lock = threading.Lock()
+
+
+def s3_client() -> Any:
+    """The process-wide S3 client for the current endpoint and region settings.
+
+    Raises:
+        ConfigError: boto3 is not installed (install the ``lambda`` extra).
+    """
+    key = tuple(
+        os.environ.get(name)
+        for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+    with _lock:
+        client = _clients.get(key)
+        if client is None:
+            try:
+                import boto3
+            except ImportError as exc:  # pragma: no cover - depends on the install
+                raise ConfigError("S3 access needs boto3: pip install 'imgclf[lambda]'") from exc
+            client = boto3.session.Session().client("s3")
+            _clients[key] = client
+        return client
+
+
+def describe_client_error(exc: Exception) -> str:
+    """A short ``"<code>: <message>"`` for a botocore error (or its text for anything else)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error", {})
+        return f"{error.get('Code', '?')}: {error.get('Message', str(exc))}"
+    return f"{type(exc).__name__}: {exc}"
