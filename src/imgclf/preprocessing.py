@@ -204,8 +204,9 @@ def open_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(stream)
-            return _decode_opened(image, name, max_pixels, draft_size)
+            # `with` closes the file Pillow opened from a path even when the image is refused.
+            with Image.open(stream) as image:
+                return _decode_opened(image, name, max_pixels, draft_size)
     except UnidentifiedImageError as exc:
         raise UnsupportedMediaError(f"{name}: not a recognised image format") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
