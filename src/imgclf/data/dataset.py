@@ -28,7 +28,7 @@ from imgclf.data.layout import (
     unwrap_split_dir,
     visible_dirs,
 )
-from imgclf.data.splitting import stratified_split
+from imgclf.data.splitting import stratified_split, validate_fractions
 from imgclf.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -129,8 +129,13 @@ def load_dataset(
             that differ between splits.
         ConfigError: The fractions are out of range.
     """
+    validate_fractions({"validation": val_fraction, "test": test_fraction})
     layout = find_layout(root)
     files, carved = _split_files(layout, val_fraction, test_fraction, seed)
+    for name in [n for n in carved if not any(files[n].values())]:
+        logger.warning("%s: too few images to make a %s split; there is none", layout.root, name)
+        del files[name]
+        carved = tuple(n for n in carved if n != name)
     classes = sorted(next(iter(files.values())))
     splits, problems = _check_and_label(files, classes, check_images)
     dataset = DatasetSplits(layout.root, classes, splits, problems, carved)

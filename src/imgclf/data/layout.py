@@ -164,6 +164,7 @@ def find_layout(root: str | os.PathLike[str]) -> DatasetLayout:
             f"{folder}: not a folder; point at a dataset folder with train/validation/test "
             "sub-folders or one sub-folder per class"
         )
+    start = folder
     for _ in range(MAX_WRAPPER_DEPTH + 1):
         splits = _split_children(folder)
         if splits:
@@ -176,6 +177,11 @@ def find_layout(root: str | os.PathLike[str]) -> DatasetLayout:
             folder = children[0]
             continue
         break
+    if not visible_dirs(folder) and has_image_files(folder) and folder != start:
+        raise DatasetError(
+            f"{start}: holds a single class folder ({folder.name}); a classifier needs at least "
+            "two, one sub-folder per class"
+        )
     if not visible_dirs(folder):
         raise DatasetError(
             f"{folder}: no class folders found; expected one sub-folder per class "

@@ -17,6 +17,21 @@ def _held_out_count(total: int, fraction: float, reserved: int) -> int:
     return max(0, min(wanted, total - reserved - 1))
 
 
+def validate_fractions(fractions: Mapping[str, float]) -> None:
+    """Refuse held-out fractions outside [0, 1) or adding up to 1 or more.
+
+    Raises:
+        ConfigError: A fraction is out of range, or nothing would be left to train on.
+    """
+    for name, fraction in fractions.items():
+        if not 0.0 <= fraction < 1.0:
+            raise ConfigError(f"{name} fraction must be in [0, 1), got {fraction}")
+    if sum(fractions.values()) >= 1.0:
+        raise ConfigError(
+            f"held-out fractions {dict(fractions)} leave nothing to train on; their sum must be < 1"
+        )
+
+
 def stratified_split(
     files_by_class: Mapping[str, Sequence[Path]],
     fractions: Mapping[str, float],
@@ -44,13 +59,7 @@ def stratified_split(
     Raises:
         ConfigError: A fraction is outside [0, 1) or they add up to 1 or more.
     """
-    for name, fraction in fractions.items():
-        if not 0.0 <= fraction < 1.0:
-            raise ConfigError(f"{name} fraction must be in [0, 1), got {fraction}")
-    if sum(fractions.values()) >= 1.0:
-        raise ConfigError(
-            f"held-out fractions {dict(fractions)} leave nothing to train on; their sum must be < 1"
-        )
+    validate_fractions(fractions)
     result: dict[str, dict[str, list[Path]]] = {name: {} for name in ("train", *fractions)}
     for class_name, files in files_by_class.items():
         ordered = sorted(files, key=lambda p: p.relative_to(base).as_posix())
