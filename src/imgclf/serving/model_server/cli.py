@@ -1,0 +1,84 @@
+"""``imgclf model-server``: serve a model repository over the Open Inference Protocol (V2)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``model-server`` command."""
+    parser = subparsers.add_parser(
+        "model-server",
+        help="serve a Triton-style model repository over V2 gRPC and REST",
+        description=(
+            "Serve every model of a Triton-style repository over the Open Inference Protocol "
+            "(KServe V2): gRPC (inference.GRPCInferenceService) and REST (/v2/...). New model "
+            "versions dropped into the repository are picked up without a restart."
+        ),
+    )
+    parser.add_argument("--repository", type=Path, required=True, help="model repository dir")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        help="export this bundle into the repository first (as version 1 if the model is new)",
+    )
+    parser.add_argument("--model-name", help="model name for --bundle (default: bundle name)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="V2 gRPC port")
+    parser.add_argument("--http-port", type=int, default=8000, help="V2 REST port")
+    parser.add_argument("--no-http", action="store_true", help="serve gRPC only")
+    parser.add_argument(
+        "--poll-interval", type=float, default=5.0, help="seconds between repository scans (0: off)"
+    )
+    parser.add_argument(
+        "--max-message-mb", type=float, default=64.0, help="largest gRPC message / REST body"
+    )
+    parser.add_argument("--threads", type=int, help="ONNX Runtime threads per model")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export the optional bundle, start the servers, and serve until SIGINT/SIGTERM."""
+    import signal
+    import threading
+
+    from imgclf.serving.model_server.server import ModelServer, ModelServerSettings
+
+    if args.bundle is not None:
+        args.repository.mkdir(parents=True, exist_ok=True)
+        _export_if_new(args.bundle, args.repository, args.model_name)
+    settings = ModelServerSettings(
+        repository=args.repository,
+        host=args.host,
+        grpc_port=args.grpc_port,
+        http_port=None if args.no_http else args.http_port,
+        poll_interval_s=args.poll_interval,
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        threads=args.threads,
+    )
+    server = ModelServer(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start()
+    rest = f", REST on {settings.host}:{server.http_port}" if server.http_port else ""
+    print(
+        f"model server: gRPC on {settings.host}:{server.grpc_port}{rest}; "
+        f"models: {', '.join(server.repository.model_names()) or 'none loaded'}",
+        flush=True,
+    )
+    stop.wait()
+    server.stop()
+    return 0
+
+
+def _export_if_new(bundle: Path, repository: Path, model_name: str | None) -> None:
+    from imgclf.bundle import load_bundle
+    from imgclf.export.triton import CONFIG_NAME, export_triton_repository
+
+    loaded = load_bundle(bundle)
+    name = model_name or loaded.manifest.name
+    if (repository / name / CONFIG_NAME).is_file():
+        return
+    export_triton_repository(loaded, repository, model_name=name, version=1)

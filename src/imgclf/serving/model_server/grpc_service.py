@@ -1,0 +1,231 @@
+"""The Open Inference Protocol (KServe V2) over gRPC: ``inference.GRPCInferenceService``.
+
+The messages and the service come from the stubs ``tritonclient`` ships
+(``tritonclient.grpc.service_pb2``), compiled from Triton's ``grpc_service.proto``; the definitions
+are checked in under ``proto/``. Errors from :mod:`imgclf.errors` become status codes here only:
+bad names, dtypes and shapes -> ``INVALID_ARGUMENT``, unknown model or version -> ``NOT_FOUND``,
+model not loaded -> ``UNAVAILABLE``.
+
+gRPC caps messages at 4 MiB by default, which a batch of 8 FP32 224x224 images (4.8 MB) already
+exceeds; the server sets both limits explicitly (:data:`DEFAULT_MAX_MESSAGE_BYTES`).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from concurrent import futures
+from typing import Any, NoReturn
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from imgclf import __version__
+from imgclf.errors import ImgclfError, InputError, ModelNotFoundError, ServingError
+from imgclf.serving.model_server.model import (
+    V2_DTYPES,
+    OutputTensor,
+    RequestedOutput,
+    ServedModel,
+)
+from imgclf.serving.model_server.repository import ModelRepository
+
+logger = logging.getLogger(__name__)
+
+#: 64 MiB: a batch of 64 FP32 224x224 images (38.5 MB) fits with room to spare.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+SERVER_NAME = "imgclf"
+#: Protocol extensions this server implements (reported by ServerMetadata).
+EXTENSIONS = ("classification", "model_configuration", "binary_tensor_data")
+
+
+def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """Channel/server options that set both message size limits deliberately."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    """V2 gRPC service over a :class:`ModelRepository`."""
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self._repository = repository
+
+    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """The process is up."""
+        return service_pb2.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """Every model in the repository is loaded."""
+        return service_pb2.ServerReadyResponse(ready=self._repository.is_ready())
+
+    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """The model (version) is loaded and can answer."""
+        try:
+            self._repository.get(request.name, request.version)
+        except ImgclfError:
+            return service_pb2.ModelReadyResponse(ready=False)
+        return service_pb2.ModelReadyResponse(ready=True)
+
+    def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """Server name, version and extensions."""
+        return service_pb2.ServerMetadataResponse(
+            name=SERVER_NAME, version=__version__, extensions=list(EXTENSIONS)
+        )
+
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """Versions, platform, inputs and outputs of a model."""
+        model = self._get(request.name, request.version, context)
+        tensor = service_pb2.ModelMetadataResponse.TensorMetadata
+        return service_pb2.ModelMetadataResponse(
+            name=model.name,
+            versions=[str(v) for v in self._repository.versions(model.name)],
+            platform="onnxruntime_onnx",
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.inputs],
+            outputs=[
+                tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.outputs
+            ],
+        )
+
+    def ModelConfig(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """The model's ``config.pbtxt`` as Triton returns it (labels/preprocessing parameters)."""
+        model = self._get(request.name, request.version, context)
+        return service_pb2.ModelConfigResponse(config=model.config)
+
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """Run inference on one request (dynamically batched with concurrent ones)."""
+        model = self._get(request.model_name, request.model_version, context)
+        try:
+            inputs = decode_inputs(request)
+            requested = [
+                RequestedOutput(out.name, _class_count(out.parameters)) for out in request.outputs
+            ]
+            outputs = model.infer(inputs, requested)
+        except ImgclfError as exc:
+            _abort(context, exc)
+        response = service_pb2.ModelInferResponse(
+            model_name=model.name, model_version=str(model.version), id=request.id
+        )
+        encode_outputs(outputs, response)
+        return response
+
+    def _get(self, name: str, version: str, context: grpc.ServicerContext) -> ServedModel:
+        try:
+            return self._repository.get(name, version)
+        except ImgclfError as exc:
+            _abort(context, exc)
+
+
+def _abort(context: grpc.ServicerContext, exc: ImgclfError) -> NoReturn:
+    if isinstance(exc, ModelNotFoundError):
+        code = grpc.StatusCode.NOT_FOUND
+    elif isinstance(exc, InputError):
+        code = grpc.StatusCode.INVALID_ARGUMENT
+    elif isinstance(exc, ServingError) and exc.status_code == 503:
+        code = grpc.StatusCode.UNAVAILABLE
+    else:
+        logger.error("inference failed: %s", exc)
+        code = grpc.StatusCode.INTERNAL
+    context.abort(code, str(exc))
+    raise AssertionError("context.abort always raises")  # pragma: no cover
+
+
+def _class_count(parameters: Any) -> int:
+    if "classification" not in parameters:
+        return 0
+    param = parameters["classification"]
+    value = getattr(param, param.WhichOneof("parameter_choice") or "int64_param")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"the classification parameter must be a positive integer, got {value!r}")
+    return value
+
+
+def decode_inputs(request: Any) -> dict[str, np.ndarray]:
+    """Input tensors of a ``ModelInferRequest`` as numpy arrays (raw or typed contents).
+
+    Raises:
+        InputError: Unknown datatype, duplicate name, or data not matching the declared shape.
+    """
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InputError(
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; send one per input"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        if tensor.name in arrays:
+            raise InputError(f"input {tensor.name!r} is given twice")
+        dtype = V2_DTYPES.get(tensor.datatype)
+        if dtype is None:
+            raise InputError(
+                f"input {tensor.name!r}: datatype {tensor.datatype!r} is not accepted; "
+                "send FP32 or UINT8"
+            )
+        shape = tuple(int(d) for d in tensor.shape)
+        if any(d < 0 for d in shape):
+            raise InputError(f"input {tensor.name!r}: negative dimension in shape {list(shape)}")
+        flat = np.frombuffer(raw[index], dtype=dtype) if raw else _typed_contents(tensor, dtype)
+        if flat.size != int(np.prod(shape)):
+            raise InputError(
+                f"input {tensor.name!r}: {flat.size} {tensor.datatype} values do not fill "
+                f"shape {list(shape)} ({int(np.prod(shape))} values)"
+            )
+        arrays[tensor.name] = flat.reshape(shape)
+    return arrays
+
+
+def _typed_contents(tensor: Any, dtype: np.dtype[Any]) -> np.ndarray:
+    contents = tensor.contents
+    if dtype.kind == "f":
+        source = contents.fp64_contents if dtype == np.float64 else contents.fp32_contents
+    elif dtype.kind == "u":
+        source = contents.uint_contents
+    else:
+        source = contents.int64_contents if dtype == np.int64 else contents.int_contents
+    values = np.asarray(source)
+    if values.size and dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        if values.min() < info.min or values.max() > info.max:
+            raise InputError(f"input {tensor.name!r}: values out of range for {tensor.datatype}")
+    return values.astype(dtype)
+
+
+def encode_outputs(outputs: list[OutputTensor], response: Any) -> None:
+    """Append outputs to a ``ModelInferResponse`` as ``raw_output_contents``."""
+    for output in outputs:
+        response.outputs.add(name=output.name, datatype=output.datatype, shape=output.array.shape)
+        response.raw_output_contents.append(tensor_bytes(output))
+
+
+def tensor_bytes(output: OutputTensor) -> bytes:
+    """Raw V2 encoding: little-endian values; BYTES elements as 4-byte length + data."""
+    if output.datatype == "BYTES":
+        return b"".join(
+            struct.pack("<I", len(item)) + item for item in output.array.reshape(-1).tolist()
+        )
+    return np.ascontiguousarray(output.array, dtype=output.array.dtype.newbyteorder("<")).tobytes()
+
+
+def create_grpc_server(
+    repository: ModelRepository,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8001,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    workers: int = 16,
+) -> tuple[grpc.Server, int]:
+    """Build (not start) a gRPC server for the repository; returns it and the bound port."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        options=grpc_options(max_message_bytes),
+    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(repository), server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC port {host}:{port}; is it in use?")
+    return server, bound

@@ -1,0 +1,227 @@
+"""The Open Inference Protocol (KServe V2) over HTTP/JSON, with Triton's binary tensor extension.
+
+Routes (``/versions/{v}`` is optional wherever a model is named)::
+
+    GET  /v2                                 server metadata
+    GET  /v2/health/live | /v2/health/ready  200 when live/ready, 503 otherwise
+    GET  /v2/models/{m}                      model metadata
+    GET  /v2/models/{m}/ready                200 when the model is loaded, 503 otherwise
+    GET  /v2/models/{m}/config               the model's config.pbtxt as JSON (as Triton)
+    POST /v2/models/{m}/infer                inference
+
+Tensors travel as JSON ``data`` or, with the binary tensor data extension that ``tritonclient``
+uses by default, as raw little-endian bytes after the JSON header (its length in the
+``Inference-Header-Content-Length`` header). Errors answer ``{"error": "..."}`` with 400 (bad
+request), 404 (unknown model or version), 413 (body too large) or 503 (not ready).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from imgclf import __version__
+from imgclf.errors import ImgclfError, InputError
+from imgclf.serving.model_server.grpc_service import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    EXTENSIONS,
+    SERVER_NAME,
+    tensor_bytes,
+)
+from imgclf.serving.model_server.model import V2_DTYPES, OutputTensor, RequestedOutput
+from imgclf.serving.model_server.repository import ModelRepository
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def create_rest_app(
+    repository: ModelRepository, *, max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> FastAPI:
+    """Build the V2 REST app over a repository (the caller owns the repository's lifetime)."""
+    app = FastAPI(title="imgclf model server", version=__version__, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(ImgclfError)
+    async def _error(request: Request, exc: ImgclfError) -> JSONResponse:
+        status = getattr(exc, "status_code", 500)
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.get("/v2")
+    def server_metadata() -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    @app.get("/v2/health/live")
+    def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    def ready() -> JSONResponse:
+        is_ready = repository.is_ready()
+        return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+    def model_metadata(model: str, version: str = "") -> dict[str, Any]:
+        served = repository.get(model, version)
+        return {
+            "name": served.name,
+            "versions": [str(v) for v in repository.versions(served.name)],
+            "platform": "onnxruntime_onnx",
+            "inputs": [_tensor_meta(t) for t in served.inputs],
+            "outputs": [_tensor_meta(t) for t in served.outputs],
+        }
+
+    def model_ready(model: str, version: str = "") -> JSONResponse:
+        try:
+            repository.get(model, version)
+        except ImgclfError:
+            return JSONResponse({"name": model, "ready": False}, status_code=503)
+        return JSONResponse({"name": model, "ready": True})
+
+    def model_config(model: str, version: str = "") -> dict[str, Any]:
+        from google.protobuf import json_format  # type: ignore[import-untyped]
+
+        served = repository.get(model, version)
+        result: dict[str, Any] = json_format.MessageToDict(served.config)
+        return result
+
+    async def infer(request: Request, model: str, version: str = "") -> Response:
+        body = await _read_body(request, max_body_bytes)
+        served = repository.get(model, version)
+        header, inputs, requested, binary = _parse_infer(request, body)
+        outputs = await run_in_threadpool(served.infer, inputs, requested)
+        reply: dict[str, Any] = {"model_name": served.name, "model_version": str(served.version)}
+        if "id" in header:
+            reply["id"] = header["id"]
+        return _infer_response(reply, outputs, binary)
+
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        app.add_api_route(prefix, model_metadata, methods=["GET"])
+        app.add_api_route(prefix + "/ready", model_ready, methods=["GET"])
+        app.add_api_route(prefix + "/config", model_config, methods=["GET"])
+        app.add_api_route(prefix + "/infer", infer, methods=["POST"])
+    return app
+
+
+def _tensor_meta(tensor: Any) -> dict[str, Any]:
+    return {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "").lower()
+    try:
+        if encoding == "gzip":
+            body = gzip.decompress(body)
+        elif encoding == "deflate":
+            body = zlib.decompress(body)
+    except (OSError, zlib.error) as exc:
+        raise InputError(f"request body is not valid {encoding} ({exc})") from exc
+    if len(body) > limit:
+        raise _too_large(limit)
+    return body
+
+
+def _too_large(limit: int) -> InputError:
+    error = InputError(f"request body exceeds {limit} bytes; send smaller batches")
+    error.status_code = 413
+    return error
+
+
+def _parse_infer(
+    request: Request, body: bytes
+) -> tuple[dict[str, Any], dict[str, np.ndarray], list[RequestedOutput], set[str]]:
+    length_text = request.headers.get(HEADER_LENGTH)
+    length = int(length_text) if length_text and length_text.isdigit() else len(body)
+    try:
+        header = json.loads(body[:length])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"inference request is not valid JSON ({exc})") from exc
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise InputError('inference request must be a JSON object with an "inputs" list')
+    inputs = _decode_json_inputs(header["inputs"], memoryview(body)[length:])
+    binary_default = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    requested: list[RequestedOutput] = []
+    binary: set[str] = set()
+    for item in header.get("outputs") or []:
+        params = item.get("parameters") or {}
+        count = params.get("classification", 0)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InputError(f"classification must be a non-negative integer, got {count!r}")
+        requested.append(RequestedOutput(str(item.get("name")), count))
+        if params.get("binary_data", binary_default):
+            binary.add(str(item.get("name")))
+    if not requested and binary_default:
+        binary.add("*")
+    return header, inputs, requested, binary
+
+
+def _decode_json_inputs(items: list[Any], payload: memoryview) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for item in items:
+        name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+        dtype = V2_DTYPES.get(str(datatype))
+        if dtype is None:
+            raise InputError(
+                f"input {name!r}: datatype {datatype!r} is not accepted; use FP32/UINT8"
+            )
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise InputError(f"input {name!r}: shape must be a list of non-negative integers")
+        size = (item.get("parameters") or {}).get("binary_data_size")
+        try:
+            if size is not None:
+                flat = np.frombuffer(payload[offset : offset + int(size)], dtype=dtype)
+                offset += int(size)
+            else:
+                flat = np.asarray(item.get("data"), dtype=dtype).reshape(-1)
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"input {name!r}: data cannot be read as {datatype} ({exc})") from exc
+        if flat.size != int(np.prod(shape)):
+            raise InputError(f"input {name!r}: {flat.size} values do not fill shape {shape}")
+        arrays[str(name)] = flat.reshape(shape)
+    return arrays
+
+
+def _infer_response(
+    reply: dict[str, Any], outputs: list[OutputTensor], binary: set[str]
+) -> Response:
+    chunks: list[bytes] = []
+    reply["outputs"] = []
+    for output in outputs:
+        meta: dict[str, Any] = {
+            "name": output.name,
+            "datatype": output.datatype,
+            "shape": list(output.array.shape),
+        }
+        if output.name in binary or "*" in binary:
+            data = tensor_bytes(output)
+            meta["parameters"] = {"binary_data_size": len(data)}
+            chunks.append(data)
+        elif output.datatype == "BYTES":
+            meta["data"] = [item.decode("utf-8") for item in output.array.reshape(-1).tolist()]
+        else:
+            meta["data"] = output.array.reshape(-1).tolist()
+        reply["outputs"].append(meta)
+    header = json.dumps(reply).encode("utf-8")
+    if not chunks:
+        return Response(header, media_type="application/json")
+    return Response(
+        header + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(header))},
+    )
