@@ -1,0 +1,196 @@
+"""The FastAPI application: ``create_app(settings)`` wires settings, backend, batcher and routes.
+
+Nothing happens at import time. The model is loaded (or the model server client opened) in the
+app's lifespan, warmed with one inference, and put behind a :class:`MicroBatcher`; on shutdown the
+batcher finishes every queued request before the process exits. Errors from
+:mod:`imgclf.errors` become status codes here, and only here: every error answers with a JSON
+``{"detail": "..."}`` body (plus ``"error"`` on the V2 and TF Serving paths, as those protocols
+expect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from imgclf import __version__
+from imgclf.errors import ImgclfError, InputError, OverloadedError, ServingError
+from imgclf.serving.backend import InferenceBackend
+from imgclf.serving.http import api, page, tfserving, v2
+from imgclf.serving.http.batching import MicroBatcher
+from imgclf.serving.http.dependencies import Services
+from imgclf.serving.http.metrics import ServiceMetrics
+from imgclf.serving.http.observability import RequestContextMiddleware
+from imgclf.serving.http.security import TokenBucketLimiter, retry_after_header
+from imgclf.serving.http.settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+_PROTOCOL_PREFIXES = ("/v2", "/v1/")
+
+
+def create_app(
+    settings: ServeSettings | None = None, *, backend: InferenceBackend | None = None
+) -> FastAPI:
+    """Build the REST service.
+
+    Args:
+        settings: Service settings; None reads them from ``IMGCLF_*`` environment variables.
+        backend: Use this backend instead of loading the one the settings describe (tests,
+            embedding the app in another program).
+
+    Returns:
+        The ASGI application; serve it with uvicorn (``imgclf serve`` does).
+    """
+    settings = settings or ServeSettings()
+    metrics = ServiceMetrics.create()
+    services = Services(
+        settings=settings,
+        metrics=metrics,
+        fetch_policy=settings.fetch_policy(),
+        limiter=(
+            TokenBucketLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+            if settings.rate_limit_per_s
+            else None
+        ),
+    )
+    app = FastAPI(
+        title="imgclf",
+        version=__version__,
+        description="Image classification: REST API, KServe V2 and TF Serving paths, web page.",
+        lifespan=_lifespan(services, backend),
+    )
+    app.state.services = services
+    for router in (api.router, v2.router, tfserving.router, page.router):
+        app.include_router(router)
+    page.mount_static(app)
+    _add_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", settings.api_key_header, "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_upload_bytes
+    )
+    return app
+
+
+def _lifespan(services: Services, given: InferenceBackend | None):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await _start(services, given)
+        try:
+            yield
+        finally:
+            await _stop(services)
+
+    return lifespan
+
+
+async def _start(services: Services, given: InferenceBackend | None) -> None:
+    from imgclf.serving.http.backends import load_backend
+
+    settings = services.settings
+    backend = given if given is not None else await asyncio.to_thread(load_backend, settings)
+    services.metrics.model_info.info(
+        {
+            "name": backend.model_name,
+            "version": backend.model_version,
+            "labels": str(len(backend.labels)),
+        }
+    )
+    services.decode_pool = ThreadPoolExecutor(settings.decode_threads, "imgclf-decode")
+    batcher = MicroBatcher(
+        backend.infer,
+        max_batch_size=settings.max_batch_size,
+        max_wait_s=settings.max_wait_ms / 1000.0,
+        queue_size=settings.queue_size,
+        stats=services.metrics.batch_stats(),
+    )
+    batcher.start()
+    services.backend, services.batcher = backend, batcher
+    services.warmed = await _warm_up(backend)
+    logger.info(
+        "serving model %s version %s",
+        backend.model_name,
+        backend.model_version,
+        extra={"labels": len(backend.labels), "max_batch_size": settings.max_batch_size},
+    )
+
+
+async def _warm_up(backend: InferenceBackend) -> bool:
+    """Run one inference so the first request does not pay for lazy initialisation."""
+    size = backend.preprocess_config.input_size
+    try:
+        await asyncio.to_thread(backend.infer, np.zeros((1, size, size, 3), dtype=np.uint8))
+    except ServingError as exc:  # a remote model server may come up later: not fatal
+        logger.warning("warm-up failed, readiness follows the backend: %s", exc)
+    return True
+
+
+async def _stop(services: Services) -> None:
+    services.draining = True
+    if services.batcher is not None:
+        await services.batcher.stop()
+    if services.decode_pool is not None:
+        services.decode_pool.shutdown(wait=True)
+    close = getattr(services.backend, "close", None)
+    if callable(close):
+        close()
+    logger.info("stopped: every queued request was answered")
+
+
+def _error_body(request: Request, detail: str) -> dict[str, str]:
+    if request.url.path.startswith(_PROTOCOL_PREFIXES):
+        return {"detail": detail, "error": detail}
+    return {"detail": detail}
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ImgclfError)
+    async def imgclf_error(request: Request, exc: ImgclfError) -> JSONResponse:
+        headers = {}
+        if isinstance(exc, OverloadedError):
+            headers["Retry-After"] = retry_after_header(exc.retry_after_s)
+        status = getattr(exc, "status_code", 500)
+        if isinstance(exc, InputError | ServingError):
+            status = exc.status_code
+        if status >= 500:
+            logger.warning("%s: %s", type(exc).__name__, exc)
+        return JSONResponse(_error_body(request, str(exc)), status, headers=headers or None)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(
+            _error_body(request, str(exc.detail)), exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ())) or 'request'}: {err.get('msg')}"
+            for err in exc.errors()
+        )
+        return JSONResponse(_error_body(request, f"invalid request: {problems}"), 422)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error")
+        request_id = request.scope.get("state", {}).get("request_id", "-")
+        return JSONResponse(
+            _error_body(request, f"internal error; quote request id {request_id} when reporting"),
+            500,
+        )

@@ -1,0 +1,98 @@
+"""Backends the REST service can run on: a local Predictor (embedded) or a remote model server."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import numpy as np
+
+from imgclf.errors import ConfigError
+from imgclf.inference.predictor import Predictor
+from imgclf.preprocessing import PreprocessConfig
+from imgclf.serving.backend import InferenceBackend
+from imgclf.serving.http.settings import ServeSettings
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddedBackend:
+    """An :class:`InferenceBackend` running a bundle in this process with a ``Predictor``."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self._predictor = predictor
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | None = None,
+        *,
+        artifact: str = "auto",
+        threads: int | None = None,
+        max_pixels: int | None = None,
+    ) -> EmbeddedBackend:
+        """Load a bundle (None: the bundled model) and open its best artifact."""
+        kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
+        predictor = Predictor.from_bundle(path, artifact=artifact, threads=threads, **kwargs)
+        return cls(predictor)
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names in output order."""
+        return self._predictor.labels
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        """The bundle's preprocessing."""
+        return self._predictor.preprocess_config
+
+    @property
+    def model_name(self) -> str:
+        """The bundle's model name."""
+        return self._predictor.name
+
+    @property
+    def model_version(self) -> str:
+        """The bundle's model version."""
+        return self._predictor.version
+
+    @property
+    def artifact(self) -> str:
+        """Which artifact runs (``onnx-int8``, ``onnx``, ...)."""
+        return self._predictor.artifact
+
+    def infer(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities for uint8 ``(N, H, W, 3)`` pixels."""
+        return self._predictor.run_pixels(pixels)
+
+    def is_ready(self) -> bool:
+        """Always true once constructed: the model is loaded in this process."""
+        return True
+
+
+def load_backend(settings: ServeSettings) -> InferenceBackend:
+    """Open the backend the settings ask for: a remote model server or a local bundle.
+
+    Raises:
+        ConfigError: Gateway mode is asked for but the gRPC extra is not installed.
+        BundleError: The bundle is missing or corrupt.
+    """
+    if settings.model_server_url is not None:
+        try:
+            client = importlib.import_module("imgclf.serving.gateway.client")
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"gateway mode needs the grpc extra ({exc.name} is missing); "
+                "install it with: pip install 'imgclf[grpc]'"
+            ) from exc
+        backend: InferenceBackend = client.RemoteBackend.from_url(
+            settings.model_server_url,
+            timeout_s=settings.model_server_timeout_s,
+            retries=settings.model_server_retries,
+            model_name=settings.model_name,
+        )
+        return backend
+    model = None if settings.model is None else str(settings.model)
+    return EmbeddedBackend.from_bundle(
+        model, artifact=settings.artifact, threads=settings.threads, max_pixels=settings.max_pixels
+    )

@@ -1,0 +1,211 @@
+"""Turn request bodies into model-ready pixels: read, fetch or base64-decode, then decode images.
+
+Image decoding (Pillow) runs on a bounded thread pool so the event loop keeps answering other
+requests, health checks and metrics while large photos are decoded. Every failure is an
+:class:`~imgclf.errors.InputError` naming what was wrong with which input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from typing import TypeVar
+
+import numpy as np
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from imgclf.errors import ForbiddenURLError, ImageDecodeError, InputError, UnsupportedMediaError
+from imgclf.inference.fetch import fetch_url_async
+from imgclf.preprocessing import PreprocessConfig, load_pixels
+from imgclf.serving.backend import InferenceBackend
+from imgclf.serving.http.dependencies import Services
+from imgclf.serving.http.schemas import BatchRequest, ImageInput
+
+_JSON_TYPES = ("application/json",)
+_MULTIPART = "multipart/form-data"
+_RAW_TYPES = ("application/octet-stream", "image/")
+_HOW_TO = (
+    "send multipart/form-data with a 'file' field, JSON {'url': ...} or {'image': <base64>}, "
+    "or the raw image bytes as application/octet-stream"
+)
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def decode_base64(text: str) -> bytes:
+    """Decode standard or URL-safe base64, with or without a ``data:...;base64,`` prefix.
+
+    Raises:
+        ImageDecodeError: The text is not valid base64.
+    """
+    if text.startswith("data:"):
+        _, _, text = text.partition(",")
+    cleaned = "".join(text.split())
+    try:
+        if "-" in cleaned or "_" in cleaned:
+            return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
+        return base64.b64decode(cleaned, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageDecodeError(f"'image' is not valid base64 ({exc})") from exc
+
+
+async def resolve_input(item: ImageInput, services: Services) -> bytes:
+    """The encoded bytes of one JSON image input (fetching URLs safely)."""
+    if item.image is not None:
+        return decode_base64(item.image)
+    assert item.url is not None  # the model guarantees exactly one of the two
+    if not services.settings.url_inputs:
+        raise ForbiddenURLError("URL inputs are disabled on this server; send the image bytes")
+    return await fetch_url_async(item.url, services.fetch_policy)
+
+
+async def _json_body(request: Request) -> object:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"request body is not valid JSON ({exc.__class__.__name__})") from exc
+
+
+_Body = TypeVar("_Body", ImageInput, BatchRequest)
+
+
+def _validated(model: type[_Body], data: object) -> _Body:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise InputError(f"invalid request body: {problems}") from exc
+
+
+async def _form_files(request: Request, field: str, max_files: int) -> list[bytes]:
+    async with request.form(max_files=max_files, max_fields=max_files + 8) as form:
+        uploads = form.getlist(field) or (form.getlist("file") if field != "file" else [])
+        if not uploads:
+            raise InputError(f"multipart body has no '{field}' field; {_HOW_TO}")
+        contents = []
+        for upload in uploads:
+            if not isinstance(upload, UploadFile):
+                raise InputError(f"multipart field '{field}' must be a file upload, not text")
+            contents.append(await upload.read())
+        return contents
+
+
+async def read_single_image(request: Request, services: Services) -> bytes:
+    """The encoded image of a ``POST /predict`` request, whatever form it was sent in.
+
+    Raises:
+        UnsupportedMediaError: The request's content type is not one we accept (415).
+        InputError: The body is malformed (400).
+    """
+    kind = _content_type(request)
+    if kind == _MULTIPART:
+        files = await _form_files(request, "file", max_files=1)
+        if len(files) != 1:
+            raise InputError("send exactly one 'file'; use /predict/batch for several images")
+        return files[0]
+    if kind in _JSON_TYPES:
+        item = _validated(ImageInput, await _json_body(request))
+        return await resolve_input(item, services)
+    if kind.startswith(_RAW_TYPES):
+        return await request.body()
+    raise UnsupportedMediaError(f"content type {kind or '(none)'!r} is not accepted; {_HOW_TO}")
+
+
+async def read_batch_images(request: Request, services: Services) -> list[bytes]:
+    """The encoded images of a ``POST /predict/batch`` request, in order.
+
+    Raises:
+        UnsupportedMediaError: Not multipart or JSON (415).
+        InputError: Malformed, or more images than ``max_batch_images`` (400).
+    """
+    limit = services.settings.max_batch_images
+    kind = _content_type(request)
+    if kind == _MULTIPART:
+        images = await _form_files(request, "files", max_files=limit)
+    elif kind in _JSON_TYPES:
+        batch = _validated(BatchRequest, await _json_body(request))
+        if len(batch.images) > limit:
+            raise InputError(f"{len(batch.images)} images sent; at most {limit} per request")
+        images = list(await asyncio.gather(*(resolve_input(i, services) for i in batch.images)))
+    else:
+        raise UnsupportedMediaError(
+            f"content type {kind or '(none)'!r} is not accepted; send multipart/form-data with "
+            "'files' fields or JSON {'images': [{'url' or 'image'}, ...]}"
+        )
+    if len(images) > limit:
+        raise InputError(f"{len(images)} images sent; at most {limit} per request")
+    return images
+
+
+async def decode_images(
+    images: Sequence[bytes], backend: InferenceBackend, services: Services
+) -> np.ndarray:
+    """Decode, resize and crop images in parallel on the decode pool -> uint8 ``(N, H, W, 3)``.
+
+    Raises:
+        InputError: The first bad image's error; with several images it names the position.
+    """
+    assert services.decode_pool is not None
+    loop = asyncio.get_running_loop()
+    config = backend.preprocess_config
+    max_pixels = services.settings.max_pixels
+    tasks = [
+        loop.run_in_executor(services.decode_pool, _load, data, config, max_pixels)
+        for data in images
+    ]
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for index, result in enumerate(results):
+        if isinstance(result, InputError):
+            if len(images) > 1:
+                raise type(result)(f"image {index}: {result}") from result
+            raise result
+        if isinstance(result, BaseException):
+            raise result
+    return np.stack([r for r in results if isinstance(r, np.ndarray)])
+
+
+def _load(data: bytes, config: PreprocessConfig, max_pixels: int) -> np.ndarray:
+    return load_pixels(data, config, max_pixels=max_pixels)
+
+
+async def classify_images(
+    images: Sequence[bytes], services: Services
+) -> tuple[np.ndarray, InferenceBackend]:
+    """Decode images and run them through the micro-batcher -> probabilities ``(N, C)``.
+
+    Raises:
+        InputError: A bad image (4xx).
+        OverloadedError: The queue is full (503).
+        ModelNotReadyError: The model is not loaded (503).
+    """
+    backend, batcher, _ = services.ready_backend()
+    pixels = await decode_images(images, backend, services)
+    return await batcher.submit(pixels), backend
+
+
+async def classify_pixels(
+    pixels: np.ndarray, services: Services
+) -> tuple[np.ndarray, InferenceBackend]:
+    """Run already preprocessed uint8 ``(N, H, W, 3)`` pixels through the micro-batcher.
+
+    Raises:
+        InputError: The pixels do not have the model's input shape.
+    """
+    backend, batcher, _ = services.ready_backend()
+    size = backend.preprocess_config.input_size
+    if pixels.ndim != 4 or pixels.shape[1:] != (size, size, 3) or pixels.shape[0] < 1:
+        raise InputError(
+            f"pixels must have shape [N, {size}, {size}, 3] with N >= 1, got {list(pixels.shape)}"
+        )
+    return await batcher.submit(np.ascontiguousarray(pixels, dtype=np.uint8)), backend

@@ -1,0 +1,97 @@
+"""Typed settings of the REST service, read from ``IMGCLF_*`` environment variables.
+
+Settings are built once, when the service starts (``ServeSettings()`` or from the CLI), never at
+import time. Every limit that protects the service from bad or hostile input lives here, with a
+safe default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from imgclf.inference.fetch import FetchPolicy
+from imgclf.preprocessing import DEFAULT_MAX_PIXELS
+
+
+class ServeSettings(BaseSettings):
+    """Configuration of ``imgclf serve``; every field can be set as ``IMGCLF_<FIELD>``.
+
+    List values (``cors_origins``, ``url_allowed_hosts``) are given as JSON in the environment,
+    e.g. ``IMGCLF_CORS_ORIGINS='["https://shop.example"]'``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="IMGCLF_", extra="forbid", frozen=True)
+
+    # What to serve.
+    model: Path | None = Field(None, description="Bundle directory; unset serves the bundled model")
+    artifact: str = Field("auto", description="Artifact to run: auto, onnx-int8, onnx, tflite")
+    threads: int | None = Field(None, ge=1, le=256, description="Runtime intra-op threads")
+    model_server_url: str | None = Field(
+        None, description="grpc://HOST:PORT of an Open Inference Protocol server (gateway mode)"
+    )
+    model_name: str | None = Field(None, description="Model name on the model server")
+    model_server_timeout_s: float = Field(5.0, gt=0, le=300)
+    model_server_retries: int = Field(2, ge=0, le=10)
+
+    # Where to listen (used by the CLI).
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    graceful_shutdown_s: float = Field(
+        20.0, gt=0, le=600, description="Time allowed to finish in-flight requests on SIGTERM"
+    )
+
+    # Micro-batching.
+    max_batch_size: int = Field(16, ge=1, le=512, description="1 disables batching")
+    max_wait_ms: float = Field(2.0, ge=0, le=1000, description="Wait for a batch to fill")
+    queue_size: int = Field(64, ge=1, le=100_000, description="Images waiting; more get 503")
+    decode_threads: int = Field(2, ge=1, le=64, description="Threads decoding images")
+
+    # Input limits.
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Per request body")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=64 * 64, description="Declared image pixels")
+    max_batch_images: int = Field(32, ge=1, le=1024, description="Images per batch request")
+    default_top_k: int = Field(5, ge=1, le=1000)
+
+    # URL inputs.
+    url_inputs: bool = Field(True, description="Accept {'url': ...} inputs")
+    url_allowed_hosts: list[str] = Field(default_factory=list, description="Empty: any host")
+    url_allow_loopback: bool = Field(False, description="Testing only: allow 127.0.0.1 URLs")
+    url_timeout_s: float = Field(10.0, gt=0, le=120, description="Whole URL fetch deadline")
+    url_max_redirects: int = Field(3, ge=0, le=10)
+
+    # Access control and abuse limits.
+    api_key: SecretStr | None = Field(None, description="If set, required on inference routes")
+    api_key_header: str = "X-API-Key"
+    cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins")
+    rate_limit_per_s: float | None = Field(None, gt=0, description="Per-client requests/second")
+    rate_limit_burst: int = Field(20, ge=1, description="Per-client burst size")
+
+    # Logging.
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = Field(True, description="One JSON object per log line")
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> ServeSettings:
+        if self.model_server_url is not None and self.model is not None:
+            raise ValueError("set either model (embedded) or model_server_url (gateway), not both")
+        if self.model_server_url is not None and not self.model_server_url.startswith("grpc://"):
+            raise ValueError(
+                f"model_server_url must look like grpc://HOST:PORT, got {self.model_server_url!r}"
+            )
+        return self
+
+    def fetch_policy(self) -> FetchPolicy:
+        """The URL-fetch limits these settings describe (bytes capped like uploads)."""
+        return FetchPolicy.create(
+            allowed_hosts=self.url_allowed_hosts,
+            allow_loopback=self.url_allow_loopback,
+            max_bytes=self.max_upload_bytes,
+            total_timeout_s=self.url_timeout_s,
+            connect_timeout_s=min(3.0, self.url_timeout_s),
+            read_timeout_s=min(5.0, self.url_timeout_s),
+            max_redirects=self.url_max_redirects,
+        )
