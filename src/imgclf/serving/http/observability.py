@@ -166,6 +166,7 @@ class RequestContextMiddleware:
                 "status": status,
                 "duration_ms": round(seconds * 1000, 2),
                 "client": client[0] if client else None,
+                "request_id": request_id_var.get(),
             },
         )
 

@@ -1,0 +1,131 @@
+"""``imgclf serve``: run the REST service (API, V2 and TF Serving paths, web page) with uvicorn.
+
+Cheap to import: FastAPI and uvicorn load only when the command runs. Options given on the command
+line override ``IMGCLF_*`` environment variables, which override the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from imgclf.errors import ConfigError
+
+# argparse destination -> ServeSettings field, for options that map one to one.
+_FIELDS = (
+    "model",
+    "model_server_url",
+    "model_name",
+    "artifact",
+    "threads",
+    "host",
+    "port",
+    "max_batch_size",
+    "max_wait_ms",
+    "queue_size",
+    "decode_threads",
+    "max_upload_bytes",
+    "max_pixels",
+    "rate_limit_per_s",
+    "graceful_shutdown_s",
+    "log_level",
+)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``serve`` command."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a model over REST with a web page (the bundled clothing model by default)",
+        description="Serve a bundle (or front a model server) over REST: /predict, /docs, "
+        "/metrics, KServe V2 and TF Serving paths, and a web page at /. Every option can also "
+        "be set as an IMGCLF_<OPTION> environment variable.",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", "-m", help="bundle directory (default: the bundled model)")
+    source.add_argument(
+        "--model-server",
+        dest="model_server_url",
+        metavar="grpc://HOST:PORT",
+        help="gateway mode: forward to an Open Inference Protocol model server",
+    )
+    parser.add_argument("--model-name", help="model name on the model server (gateway mode)")
+    parser.add_argument("--artifact", help="artifact to run: auto, onnx-int8, onnx, tflite")
+    parser.add_argument("--threads", type=int, help="runtime threads (default: one per core)")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8000)")
+    parser.add_argument("--max-batch-size", type=int, help="images per model call (1: off)")
+    parser.add_argument("--max-wait-ms", type=float, help="how long a batch waits to fill")
+    parser.add_argument("--queue-size", type=int, help="images waiting before 503")
+    parser.add_argument("--decode-threads", type=int, help="threads decoding images")
+    parser.add_argument("--max-upload-bytes", type=int, help="request body cap (413 above)")
+    parser.add_argument("--max-pixels", type=int, help="declared image pixel cap (413 above)")
+    parser.add_argument(
+        "--rate-limit", dest="rate_limit_per_s", type=float, help="requests/s per client"
+    )
+    parser.add_argument(
+        "--cors-origin", action="append", dest="cors_origins", help="allowed origin (repeat)"
+    )
+    parser.add_argument(
+        "--graceful-shutdown-s", type=float, help="time to finish requests on SIGTERM"
+    )
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--plain-logs", action="store_true", help="text logs instead of JSON")
+    parser.set_defaults(handler=run_serve)
+
+
+def build_settings(args: argparse.Namespace) -> Any:
+    """``ServeSettings`` from the environment, overridden by the options given.
+
+    Raises:
+        ConfigError: A setting is invalid (the message names it).
+    """
+    from pydantic import ValidationError
+
+    from imgclf.serving.http.settings import ServeSettings
+
+    overrides: dict[str, Any] = {
+        name: getattr(args, name) for name in _FIELDS if getattr(args, name, None) is not None
+    }
+    if args.cors_origins:
+        overrides["cors_origins"] = args.cors_origins
+    if args.plain_logs:
+        overrides["log_json"] = False
+    try:
+        return ServeSettings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid serve settings: {problems}") from exc
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Start uvicorn with the app; returns when the server has shut down."""
+    try:
+        import uvicorn
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            "imgclf serve needs the serve extra: pip install 'imgclf[serve]'"
+        ) from exc
+    from imgclf.serving.http.app import create_app
+    from imgclf.serving.http.observability import configure_logging
+
+    settings = build_settings(args)
+    if settings.model_server_url is None:
+        from imgclf.bundle import load_bundle
+
+        load_bundle(settings.model, verify=False)  # a clear error now, not a lifespan traceback
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
+        server_header=False,
+        timeout_keep_alive=5,
+    )
+    return 0
