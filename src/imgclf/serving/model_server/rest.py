@@ -86,7 +86,9 @@ def create_rest_app(
         from google.protobuf import json_format  # type: ignore[import-untyped]
 
         served = repository.get(model, version)
-        result: dict[str, Any] = json_format.MessageToDict(served.config)
+        result: dict[str, Any] = json_format.MessageToDict(
+            served.config, preserving_proto_field_name=True
+        )
         return result
 
     async def infer(request: Request, model: str, version: str = "") -> Response:
@@ -187,9 +189,13 @@ def _decode_json_inputs(items: list[Any], payload: memoryview) -> dict[str, np.n
             if size is not None:
                 flat = np.frombuffer(payload[offset : offset + int(size)], dtype=dtype)
                 offset += int(size)
+            elif "data" in item:
+                flat = np.asarray(item["data"], dtype=dtype).reshape(-1)
             else:
-                flat = np.asarray(item.get("data"), dtype=dtype).reshape(-1)
-        except (ValueError, TypeError) as exc:
+                raise InputError(f'input {name!r} has neither "data" nor binary_data_size')
+        except (ValueError, TypeError, OverflowError) as exc:
+            if isinstance(exc, InputError):
+                raise
             raise InputError(f"input {name!r}: data cannot be read as {datatype} ({exc})") from exc
         if flat.size != int(np.prod(shape)):
             raise InputError(f"input {name!r}: {flat.size} values do not fill shape {shape}")
