@@ -1,0 +1,73 @@
+# imgclf model server: a KServe V2 / Open Inference Protocol server (`imgclf model-server`) over a
+# Triton-style model repository, gRPC on 8001 and REST on 8000 (Triton's ports).
+#
+#   docker build -f deploy/docker/model-server.Dockerfile -t imgclf-model-server .
+#   docker run --rm -p 127.0.0.1:8001:8001 imgclf-model-server           # bundled clothing model
+#   docker run --rm -p 127.0.0.1:8001:8001 -v "$PWD/repo:/models:ro" imgclf-model-server
+#
+# The repository at /models is written at build time from the bundled model with
+# imgclf's Triton exporter (`imgclf export --format triton`); mount your own repository over it to serve other models (the
+# server picks up new versions without a restart). No torch: ONNX Runtime runs the models.
+ARG BASE_IMAGE=python:3.11-slim
+
+# ---- deps: third-party dependencies only, so editing the source keeps this layer cached ----------
+FROM ${BASE_IMAGE} AS deps
+ARG EXTRAS=serve,grpc
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python3 -m venv /opt/venv
+WORKDIR /build
+COPY pyproject.toml ./
+# The runtime dependencies and the requested extras, read from pyproject.toml (stdlib tomllib).
+RUN python3 -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + [r for e in sys.argv[1].split(',') for r in p['optional-dependencies'][e]]))" \
+        "${EXTRAS}" > requirements.txt \
+    && /opt/venv/bin/pip install -r requirements.txt
+
+# ---- wheel: the imgclf package itself, bundled model included ------------------------------------
+FROM ${BASE_IMAGE} AS wheel
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python3 -m venv /opt/build && /opt/build/bin/pip install "setuptools>=69" wheel
+WORKDIR /src
+COPY pyproject.toml README.md* ./
+COPY src ./src
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist .
+
+# ---- venv: dependencies + imgclf; pip only installs the wheel and leaves with it ---------------
+FROM deps AS venv
+COPY --from=wheel /dist /tmp/dist
+RUN /opt/venv/bin/pip install --no-deps /tmp/dist/*.whl \
+    && /opt/venv/bin/pip uninstall --yes pip setuptools \
+    && rm -rf /tmp/dist
+
+# ---- runtime -------------------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS runtime
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN groupadd --system --gid 10001 imgclf \
+    && useradd --system --uid 10001 --gid imgclf --home-dir /home/imgclf --create-home \
+        --shell /usr/sbin/nologin imgclf
+COPY --from=venv /opt/venv /opt/venv
+
+# ---- repository: the bundled model as a Triton model repository --------------------------------
+FROM runtime AS repository
+# onnx (fp32) or onnx-int8, if the bundle has it.
+ARG MODEL_ARTIFACT=onnx
+RUN python -c "import sys; from imgclf.bundle import default_bundle_path; \
+from imgclf.export.triton import export_triton_repository as export; \
+print(export(default_bundle_path(), '/models', artifact=sys.argv[1]))" "${MODEL_ARTIFACT}" \
+    && chmod -R a+rX,go-w /models
+
+# ---- model server ---------------------------------------------------------------------------------
+FROM runtime AS model-server
+COPY --from=repository /models /models
+USER 10001:10001
+WORKDIR /home/imgclf
+EXPOSE 8000 8001
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4)"]
+ENTRYPOINT ["imgclf", "model-server"]
+CMD ["--repository", "/models", "--host", "0.0.0.0", "--http-port", "8000", "--grpc-port", "8001"]
