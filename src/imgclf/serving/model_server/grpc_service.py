@@ -95,6 +95,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         model = self._get(request.name, request.version, context)
         return service_pb2.ModelConfigResponse(config=model.config)
 
+    def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """Loaded model versions (Triton's model repository extension, read-only)."""
+        index = service_pb2.RepositoryIndexResponse()
+        for name in self._repository.model_names():
+            for version in self._repository.versions(name):
+                index.models.add(name=name, version=str(version), state="READY")
+        return index
+
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         """Run inference on one request (dynamically batched with concurrent ones)."""
         model = self._get(request.model_name, request.model_version, context)

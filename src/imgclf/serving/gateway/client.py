@@ -1,0 +1,360 @@
+"""Gateway mode: an :class:`~imgclf.serving.backend.InferenceBackend` backed by a V2 model server.
+
+The REST app decodes, resizes and crops images as usual, then :class:`RemoteBackend` sends the
+uint8 pixels over the Open Inference Protocol (gRPC, ``inference.GRPCInferenceService``) to
+``imgclf model-server``, or to NVIDIA Triton / KServe serving a repository written by
+``imgclf export --format triton``.
+
+What the gateway learns from the server at start-up, all through standard V2 calls:
+
+- ``ModelConfig``: labels and preprocessing, from the config parameters ``imgclf.labels`` and
+  ``imgclf.preprocessing`` that the export writes into ``config.pbtxt``; ``max_batch_size``, so
+  larger batches are split instead of refused.
+- ``ModelMetadata``: the tensors. If the server offers the UINT8 ``pixels`` input (imgclf's model
+  server does), pixels are sent as they are, 4x smaller than float32; otherwise (plain Triton)
+  they are normalised here and sent as the model's FP32 input. ``probabilities`` is requested when
+  offered, else the logits are turned into probabilities here.
+- ``RepositoryIndex``: which model to use when ``model_name`` is not given (the only one served).
+
+Failures map to :class:`~imgclf.errors.ModelServerError` with the HTTP status the REST app
+returns: unreachable or not ready -> 503 (after ``retries`` retries with backoff, all within the
+deadline), too slow -> 504 (deadline ``timeout_s`` per call), anything else the server answers
+that the gateway cannot use (errors, malformed responses) -> 502. Only UNAVAILABLE is retried:
+inference is idempotent, but a timeout or a rejection would only repeat.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from imgclf.errors import ConfigError, InputError, ModelServerError
+from imgclf.export.triton import LABELS_PARAMETER, PREPROCESSING_PARAMETER
+from imgclf.preprocessing import PreprocessConfig, normalize
+
+logger = logging.getLogger(__name__)
+
+PIXELS_INPUT = "pixels"
+PROBABILITIES_OUTPUT = "probabilities"
+#: 64 MiB, matching the model server: gRPC's 4 MiB default is exceeded by 8 FP32 224px images.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Reconnect quickly once a restarted model server is back (gRPC's default backoff reaches 120 s).
+_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 30_000),
+]
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """What the gateway knows about the model it forwards to."""
+
+    name: str
+    version: str
+    labels: list[str]
+    preprocess: PreprocessConfig
+    input_name: str
+    input_datatype: str
+    output_name: str
+    output_is_probabilities: bool
+    max_batch_size: int
+
+
+class RemoteBackend:
+    """Forwards preprocessed batches to a V2 gRPC model server. Thread-safe.
+
+    Use :meth:`from_url`; the constructor takes an already open channel (tests inject one).
+    """
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        *,
+        target: str,
+        timeout_s: float = 5.0,
+        retries: int = 2,
+        model_name: str | None = None,
+    ) -> None:
+        if timeout_s <= 0 or retries < 0:
+            raise ConfigError("timeout_s must be > 0 and retries >= 0")
+        self.target = target
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self._channel = channel
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        self._lock = threading.Lock()
+        self._model = self._discover(model_name)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout_s: float = 5.0,
+        retries: int = 2,
+        model_name: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        wait_s: float = 30.0,
+    ) -> RemoteBackend:
+        """Connect to ``grpc://host:port`` and learn the model's labels and preprocessing.
+
+        Args:
+            url: Model server address, ``grpc://host:port``.
+            timeout_s: Deadline of each call to the model server, retries included.
+            retries: Extra attempts when the server is unavailable, with exponential backoff.
+            model_name: Model to use; None picks the only model the server serves.
+            max_message_bytes: Largest message sent or received.
+            wait_s: How long to wait for the model server to come up at start-up.
+
+        Raises:
+            ConfigError: A malformed URL, or a server whose model cannot be used.
+            ModelServerError: The server did not answer within ``wait_s`` (503).
+        """
+        target = parse_grpc_url(url)
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            *_CHANNEL_OPTIONS,
+        ]
+        channel = grpc.insecure_channel(target, options=options)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=wait_s)
+        except grpc.FutureTimeoutError:
+            channel.close()
+            raise ModelServerError(
+                f"model server {url} did not answer within {wait_s:g} s; is it running?", 503
+            ) from None
+        try:
+            return cls(
+                channel,
+                target=target,
+                timeout_s=timeout_s,
+                retries=retries,
+                model_name=model_name,
+            )
+        except BaseException:
+            channel.close()
+            raise
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names in output order, as the model server's config declares them."""
+        return self._model.labels
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        """Preprocessing the remote model expects."""
+        return self._model.preprocess
+
+    @property
+    def model_name(self) -> str:
+        """Name of the remote model."""
+        return self._model.name
+
+    @property
+    def model_version(self) -> str:
+        """Version that answered the most recent request (the latest at start-up)."""
+        return self._model.version
+
+    @property
+    def remote_model(self) -> RemoteModel:
+        """Everything learned about the remote model."""
+        return self._model
+
+    def infer(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, C)`` for uint8 pixels ``(N, H, W, 3)``, computed remotely.
+
+        Raises:
+            InputError: The pixels do not have the model's shape or dtype.
+            ModelServerError: 503 unavailable, 504 too slow, 502 unusable answer.
+        """
+        model = self._model
+        size = model.preprocess.input_size
+        if pixels.dtype != np.uint8 or pixels.shape[1:] != (size, size, 3):
+            raise InputError(f"expected uint8 pixels (N, {size}, {size}, 3), got {pixels.shape}")
+        step = model.max_batch_size or len(pixels) or 1
+        parts = [
+            self._infer_chunk(model, pixels[i : i + step]) for i in range(0, len(pixels), step)
+        ]
+        if not parts:
+            return np.zeros((0, len(model.labels)), dtype=np.float32)
+        return np.concatenate(parts)
+
+    def is_ready(self) -> bool:
+        """True when the model server says the model is ready (asked now, 1 s at most)."""
+        request = service_pb2.ModelReadyRequest(name=self._model.name)
+        try:
+            response = self._stub.ModelReady(request, timeout=min(1.0, self.timeout_s))
+        except grpc.RpcError:
+            return False
+        return bool(response.ready)
+
+    def close(self) -> None:
+        """Close the gRPC channel."""
+        self._channel.close()
+
+    def _infer_chunk(self, model: RemoteModel, pixels: np.ndarray) -> np.ndarray:
+        request = service_pb2.ModelInferRequest(model_name=model.name)
+        if model.input_datatype == "UINT8":
+            data = np.ascontiguousarray(pixels)
+        else:
+            data = normalize(pixels, model.preprocess)
+        request.inputs.add(name=model.input_name, datatype=model.input_datatype, shape=data.shape)
+        request.raw_input_contents.append(data.tobytes())
+        request.outputs.add(name=model.output_name)
+        response = self._call("ModelInfer", request)
+        probs = _read_output(response, model, len(pixels))
+        if response.model_version and response.model_version != model.version:
+            self._on_new_version(response.model_version)
+        return probs
+
+    def _on_new_version(self, version: str) -> None:
+        logger.info("model server now answers with %s version %s", self._model.name, version)
+        try:
+            model = self._describe(self._model.name)
+        except (ModelServerError, ConfigError) as exc:
+            logger.warning("could not refresh the model description: %s", exc)
+            return
+        with self._lock:
+            self._model = model
+
+    def _call(self, method: str, request: Any) -> Any:
+        """One unary call with a deadline; UNAVAILABLE is retried with exponential backoff."""
+        deadline = time.monotonic() + self.timeout_s
+        rpc = getattr(self._stub, method)
+        for attempt in range(self.retries + 1):
+            remaining = deadline - time.monotonic()
+            try:
+                return rpc(request, timeout=max(remaining, 0.001))
+            except grpc.RpcError as exc:
+                code = exc.code()
+                backoff = min(0.05 * 2**attempt, 1.0)
+                last = attempt == self.retries or time.monotonic() + backoff >= deadline
+                if code != grpc.StatusCode.UNAVAILABLE or last:
+                    raise _to_model_server_error(exc, self.target) from exc
+                time.sleep(backoff)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _discover(self, model_name: str | None) -> RemoteModel:
+        if model_name is None:
+            index = self._call("RepositoryIndex", service_pb2.RepositoryIndexRequest(ready=True))
+            names = sorted({m.name for m in index.models})
+            if len(names) != 1:
+                raise ConfigError(
+                    f"model server {self.target} serves {names or 'no models'}; "
+                    "choose one with model_name"
+                )
+            model_name = names[0]
+        return self._describe(model_name)
+
+    def _describe(self, name: str) -> RemoteModel:
+        metadata = self._call("ModelMetadata", service_pb2.ModelMetadataRequest(name=name))
+        config = self._call("ModelConfig", service_pb2.ModelConfigRequest(name=name)).config
+        return describe_model(metadata, config, self.target)
+
+
+def describe_model(metadata: Any, config: Any, target: str) -> RemoteModel:
+    """Build a :class:`RemoteModel` from ``ModelMetadata`` and ``ModelConfig`` responses.
+
+    Raises:
+        ConfigError: The model lacks the parameters or tensors the gateway needs.
+    """
+    params = config.parameters
+    missing = [key for key in (LABELS_PARAMETER, PREPROCESSING_PARAMETER) if key not in params]
+    if missing:
+        raise ConfigError(
+            f"model {metadata.name!r} on {target} has no {missing} config parameters; export its "
+            "repository with `imgclf export BUNDLE --format triton`"
+        )
+    labels = [str(label) for label in json.loads(params[LABELS_PARAMETER].string_value)]
+    preprocess = PreprocessConfig.from_dict(
+        json.loads(params[PREPROCESSING_PARAMETER].string_value)
+    )
+    inputs = {t.name: t for t in metadata.inputs}
+    if PIXELS_INPUT in inputs and inputs[PIXELS_INPUT].datatype == "UINT8":
+        input_name, datatype = PIXELS_INPUT, "UINT8"
+    else:
+        fp32 = [t for t in metadata.inputs if t.datatype == "FP32"]
+        if not fp32:
+            raise ConfigError(f"model {metadata.name!r} on {target} has no FP32 or UINT8 input")
+        input_name, datatype = fp32[0].name, "FP32"
+    outputs = [t.name for t in metadata.outputs]
+    if not outputs:
+        raise ConfigError(f"model {metadata.name!r} on {target} declares no outputs")
+    use_probs = PROBABILITIES_OUTPUT in outputs
+    return RemoteModel(
+        name=metadata.name,
+        version=max(metadata.versions, key=lambda v: int(v) if v.isdigit() else -1, default=""),
+        labels=labels,
+        preprocess=preprocess,
+        input_name=input_name,
+        input_datatype=datatype,
+        output_name=PROBABILITIES_OUTPUT if use_probs else outputs[0],
+        output_is_probabilities=use_probs,
+        max_batch_size=int(config.max_batch_size),
+    )
+
+
+def _read_output(response: Any, model: RemoteModel, rows: int) -> np.ndarray:
+    index = next((i for i, o in enumerate(response.outputs) if o.name == model.output_name), None)
+    if index is None or index >= len(response.raw_output_contents):
+        raise ModelServerError(
+            f"model server answered without output {model.output_name!r}", status_code=502
+        )
+    tensor = response.outputs[index]
+    expected = (rows, len(model.labels))
+    raw = response.raw_output_contents[index]
+    if (
+        tensor.datatype != "FP32"
+        or tuple(tensor.shape) != expected
+        or len(raw) != 4 * rows * expected[1]
+    ):
+        raise ModelServerError(
+            f"model server answered {tensor.datatype} {list(tensor.shape)} ({len(raw)} bytes) for "
+            f"{model.output_name!r}, expected FP32 {list(expected)}",
+            status_code=502,
+        )
+    values = np.frombuffer(raw, dtype="<f4").reshape(expected).astype(np.float32)
+    if model.output_is_probabilities:
+        return values
+    shifted = np.exp(values - values.max(axis=1, keepdims=True))
+    probs: np.ndarray = (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+    return probs
+
+
+def _to_model_server_error(exc: grpc.RpcError, target: str) -> ModelServerError:
+    code = exc.code()
+    details = exc.details() or code.name
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ModelServerError(f"model server {target} is unavailable: {details}", 503)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ModelServerError(f"model server {target} did not answer in time: {details}", 504)
+    return ModelServerError(f"model server {target} failed ({code.name}): {details}", 502)
+
+
+def parse_grpc_url(url: str) -> str:
+    """``grpc://host:port`` -> ``host:port`` for gRPC.
+
+    Raises:
+        ConfigError: Not a ``grpc://`` URL with a host and a port.
+    """
+    parts = urlsplit(url if "://" in url else f"grpc://{url}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "grpc" or not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise ConfigError(f"model server URL must look like grpc://HOST:PORT, got {url!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{port}"
