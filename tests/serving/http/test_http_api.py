@@ -9,8 +9,7 @@ from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
-
-from conftest import ClientFactory, FakeBackend
+from http_fakes import ClientFactory, FakeBackend
 
 ImageBytes = Callable[..., bytes]
 
