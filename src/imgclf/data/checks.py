@@ -3,7 +3,8 @@
 Each file is decoded with :func:`imgclf.preprocessing.open_image` (the same decoder training,
 evaluation and serving use), in JPEG draft mode so a photo is decoded at 1/8 scale: the whole
 compressed stream is still read, so truncated and corrupt files are caught, at a fraction of the
-cost. Pillow releases the GIL while decoding, so a thread pool uses every core.
+cost. Pillow releases the GIL while decoding, so a thread pool uses every core. Verdicts are cached
+per file (:mod:`imgclf.data.cache`), so only new or changed files are decoded on the next load.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from imgclf.data import cache as cache_module
+from imgclf.data.cache import CheckCache
 from imgclf.data.layout import IMAGE_EXTENSIONS
 from imgclf.errors import InputError
 from imgclf.preprocessing import DEFAULT_MAX_PIXELS, open_image
@@ -58,12 +61,22 @@ def default_workers() -> int:
     return max(1, min(16, 2 * (os.cpu_count() or 1)))
 
 
+def checker_id(max_pixels: int | None) -> str:
+    """What decides a verdict; cached verdicts from another checker are not reused."""
+    import PIL
+
+    from imgclf import __version__
+
+    return f"imgclf {__version__}; Pillow {PIL.__version__}; {max_pixels=}; {CHECK_DRAFT_SIZE=}"
+
+
 def check_images(
     paths: Sequence[Path],
     *,
     workers: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: bool | None = None,
+    cache_root: Path | None = None,
 ) -> dict[Path, str]:
     """Check many files in parallel.
 
@@ -72,16 +85,42 @@ def check_images(
         workers: Threads to use (default: :func:`default_workers`).
         max_pixels: Images declaring more pixels than this are refused.
         progress: Show a progress bar (None: only when stderr is a terminal).
+        cache_root: Dataset folder whose cached verdicts (:mod:`imgclf.data.cache`) are reused
+            for unchanged files and updated; None, or fewer than ``cache.MIN_FILES`` paths,
+            checks every file.
 
     Returns:
         ``path -> reason`` for every file that cannot be used; usable files are absent.
     """
+    cache = None
+    if cache_root is not None and len(paths) >= cache_module.MIN_FILES:
+        cache = CheckCache.for_root(cache_root, checker_id(max_pixels))
+    verdicts: dict[Path, str | None] = {}
+    pending: list[Path] = []
+    for path in paths:
+        known, reason = cache.lookup(path) if cache else (False, None)
+        if known:
+            verdicts[path] = reason
+        else:
+            pending.append(path)
+    verdicts.update(_check_in_threads(pending, workers, max_pixels, progress))
+    if cache is not None and pending:
+        cache.replace(verdicts)
+    return {path: reason for path, reason in verdicts.items() if reason is not None}
+
+
+def _check_in_threads(
+    paths: Sequence[Path], workers: int | None, max_pixels: int | None, progress: bool | None
+) -> dict[Path, str | None]:
     from tqdm.auto import tqdm
 
-    workers = workers or default_workers()
-    problems: dict[Path, str] = {}
+    if not paths:
+        return {}
+    verdicts: dict[Path, str | None] = {}
     with (
-        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgclf-check") as pool,
+        ThreadPoolExecutor(
+            max_workers=workers or default_workers(), thread_name_prefix="imgclf-check"
+        ) as pool,
         tqdm(
             total=len(paths),
             desc="checking images",
@@ -93,6 +132,5 @@ def check_images(
         results = pool.map(lambda p: check_image(p, max_pixels), paths)
         for path, reason in zip(paths, results, strict=True):
             bar.update(1)
-            if reason is not None:
-                problems[path] = reason
-    return problems
+            verdicts[path] = reason
+    return verdicts

@@ -119,7 +119,9 @@ def load_dataset(
             classes. Folders that are already split are never given a carved test split.
         seed: Seed of the stratified split; the same seed gives the same split.
         check_images: Decode every image once and skip (and report) those that fail. If False,
-            only files without an image extension are skipped.
+            only files without an image extension are skipped. Verdicts for large datasets are
+            cached per file (path, size, mtime; see :mod:`imgclf.data.cache`), so loading the
+            same dataset again only decodes files that changed.
 
     Returns:
         The usable images per split, with the problems found.
@@ -137,7 +139,7 @@ def load_dataset(
         del files[name]
         carved = tuple(n for n in carved if n != name)
     classes = sorted(next(iter(files.values())))
-    splits, problems = _check_and_label(files, classes, check_images)
+    splits, problems = _check_and_label(files, classes, check_images, layout.root)
     dataset = DatasetSplits(layout.root, classes, splits, problems, carved)
     _require_usable(dataset)
     _log_problems(problems, sum(len(f) for split in files.values() for f in split.values()))
@@ -178,7 +180,7 @@ def load_folder(
             f"{folder}: class folders {unknown} are not among the known classes {list(classes)}; "
             "rename or remove them, or use a model trained on these classes"
         )
-    splits, problems = _check_and_label({split: by_class}, list(classes), check_images)
+    splits, problems = _check_and_label({split: by_class}, list(classes), check_images, folder)
     if not splits[split]:
         raise DatasetError(f"{folder}: no usable images found in its class folders")
     _log_problems(problems, sum(len(f) for f in by_class.values()))
@@ -247,14 +249,14 @@ def _require_same_classes(files: Mapping[str, Mapping[str, list[Path]]], root: P
 
 
 def _check_and_label(
-    files: SplitFiles, classes: list[str], check_images: bool
+    files: SplitFiles, classes: list[str], check_images: bool, root: Path
 ) -> tuple[dict[str, list[ImageRecord]], list[DatasetProblem]]:
     """Turn files into labelled records, skipping (and reporting) those that cannot be used."""
     all_files = [
         path for by_class in files.values() for paths in by_class.values() for path in paths
     ]
     if check_images:
-        reasons = run_image_checks(all_files)
+        reasons = run_image_checks(all_files, cache_root=root)
     else:
         reasons = {p: r for p in all_files if (r := extension_problem(p)) is not None}
     index = {name: i for i, name in enumerate(classes)}
