@@ -283,3 +283,12 @@ def test_cli_download(
     assert code == 2
     assert "HTTP 404" in capsys.readouterr().err
     assert (dest / "train" / "red").is_dir()  # a failed forced download keeps the old copy
+
+
+def test_progress_bar_reports_bytes(
+    tmp_path: Path, published: DatasetSource, capsys: pytest.CaptureFixture[str]
+) -> None:
+    download_dataset(published, tmp_path / "colors", progress=True)
+    err = capsys.readouterr().err
+    assert "downloading colors" in err
+    assert "100%" in err

@@ -136,3 +136,15 @@ def test_check_images_runs_in_parallel_and_returns_only_problems(tmp_path: Path)
         paths.append(path)
     problems = check_images(paths, workers=4, progress=False)
     assert sorted(problems) == [tmp_path / f"{i}.jpg" for i in (0, 10, 20, 30)]
+
+
+def test_many_problems_are_logged_briefly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = write_color_dataset(tmp_path / "ds", per_class=2)
+    for index in range(60):
+        (root / "train" / "blue" / f"empty_{index:02d}.jpg").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="imgclf.data"):
+        dataset = load_dataset(root)
+    assert len(dataset.problems) == 60
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum(m.startswith("skipping ") for m in messages) == 50
+    assert "... and 10 more" in messages

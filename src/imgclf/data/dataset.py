@@ -33,6 +33,9 @@ from imgclf.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
+#: Files named one by one in the log; the rest are counted (``DatasetSplits.problems`` has all).
+MAX_LOGGED_PROBLEMS = 50
+
 #: split -> class name -> files, before checking.
 SplitFiles = dict[str, dict[str, list[Path]]]
 
@@ -295,8 +298,10 @@ def _require_usable(dataset: DatasetSplits) -> None:
 
 
 def _log_problems(problems: Sequence[DatasetProblem], total: int) -> None:
-    for problem in problems:
+    for problem in problems[:MAX_LOGGED_PROBLEMS]:
         logger.warning("skipping %s: %s", problem.path, problem.reason)
+    if len(problems) > MAX_LOGGED_PROBLEMS:
+        logger.warning("... and %d more", len(problems) - MAX_LOGGED_PROBLEMS)
     if problems:
         logger.warning(
             "skipped %d of %d files that are not usable images; `imgclf data inspect` lists them",
