@@ -9,7 +9,7 @@ import pytest
 
 from imgclf.bundle import load_bundle
 from imgclf.errors import BundleError, ConfigError, ExportError
-from imgclf.export.triton import export_triton_repository
+from imgclf.export.triton import export_triton, export_triton_repository
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 text_format = pytest.importorskip("google.protobuf.text_format")
@@ -107,3 +107,11 @@ def test_fixed_batch_model_needs_batching_off(tmp_path: Path, tiny_bundle: Path)
     bundle = load_bundle(tiny_bundle, verify=False)
     with pytest.raises(ExportError, match="fixed batch dimension"):
         export_triton_repository(bundle, tmp_path / "repo", max_batch_size=4)
+
+
+def test_format_table_entry_point_needs_out(tiny_bundle: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--out DIR"):
+        export_triton(tiny_bundle)
+    model_dir = export_triton(tiny_bundle, out=tmp_path / "repo", version=3, max_batch_size=4)
+    assert (model_dir / "3" / "model.onnx").is_file()
+    assert parse_config(model_dir).max_batch_size == 4

@@ -119,6 +119,32 @@ def export_triton_repository(
     return model_dir
 
 
+def export_triton(
+    bundle: Bundle | str | Path,
+    *,
+    out: str | Path | None = None,
+    model_name: str | None = None,
+    version: int = 1,
+    max_batch_size: int = 8,
+    artifact: str = "onnx",
+) -> Path:
+    """The ``triton`` row of the export-format table: ``imgclf export B --format triton --out R``.
+
+    Raises:
+        ConfigError: ``out`` (the repository directory) is missing, or a bad option.
+    """
+    if out is None:
+        raise ConfigError("the triton format writes a model repository: give it with --out DIR")
+    return export_triton_repository(
+        bundle,
+        out,
+        model_name=model_name,
+        version=version,
+        max_batch_size=max_batch_size,
+        artifact=artifact,
+    )
+
+
 def _check_options(
     name: str, version: int, max_batch_size: int, artifact: str, max_queue_delay_us: int
 ) -> None:
