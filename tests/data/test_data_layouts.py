@@ -200,8 +200,10 @@ def test_split_without_usable_images_is_an_error(tmp_path: Path) -> None:
     root = write_color_dataset(tmp_path / "ds", per_class=1)
     for path in (root / "test").rglob("*.jpg"):
         path.write_bytes(b"")
-    with pytest.raises(DatasetError, match="the test split has no usable images"):
+    with pytest.raises(DatasetError, match="the test split has no usable images") as info:
         load_dataset(root)
+    assert "(3 files skipped, e.g. " in str(info.value)
+    assert "empty file (zero bytes)" in str(info.value)
 
 
 def test_class_without_training_images_is_an_error(tmp_path: Path) -> None:

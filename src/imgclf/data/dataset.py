@@ -144,8 +144,8 @@ def load_dataset(
     classes = sorted(next(iter(files.values())))
     splits, problems = _check_and_label(files, classes, check_images, layout.root)
     dataset = DatasetSplits(layout.root, classes, splits, problems, carved)
-    _require_usable(dataset)
     _log_problems(problems, sum(len(f) for split in files.values() for f in split.values()))
+    _require_usable(dataset)
     return dataset
 
 
@@ -285,16 +285,25 @@ def _require_usable(dataset: DatasetSplits) -> None:
     for split, records in dataset.splits.items():
         if not records:
             raise DatasetError(
-                f"{dataset.root}: the {split} split has no usable images "
-                f"({len(dataset.problems)} files skipped); run `imgclf data inspect` for details"
+                f"{dataset.root}: the {split} split has no usable images"
+                f"{_examples(dataset, split)}; add images or fix the files"
             )
     train_counts = dataset.counts("train") if "train" in dataset.splits else {}
     empty = sorted(name for name, count in train_counts.items() if count == 0)
     if empty:
         raise DatasetError(
-            f"{dataset.root}: classes {empty} have no usable training images; add images or "
-            "remove those class folders"
+            f"{dataset.root}: classes {empty} have no usable training images"
+            f"{_examples(dataset, 'train')}; add images or remove those class folders"
         )
+
+
+def _examples(dataset: DatasetSplits, split: str, limit: int = 3) -> str:
+    """`` (N files skipped, e.g. path: reason; ...)`` for an error message, or nothing."""
+    skipped = [p for p in dataset.problems if p.split == split]
+    if not skipped:
+        return ""
+    shown = "; ".join(f"{p.path}: {p.reason}" for p in skipped[:limit])
+    return f" ({len(skipped)} files skipped, e.g. {shown})"
 
 
 def _log_problems(problems: Sequence[DatasetProblem], total: int) -> None:
