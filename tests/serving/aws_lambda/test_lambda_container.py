@@ -1,0 +1,173 @@
+"""The Lambda container image, built for real and invoked through the Lambda Runtime API.
+
+The image is built from ``deploy/lambda/Dockerfile`` on the local base image; the test then plays
+the Lambda service: a fake Runtime API on 127.0.0.1 hands the container API Gateway, direct and S3
+events, and the container's answers are checked. S3 is the local moto server, reached over the
+host network exactly as the function would reach S3.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_runtime_api import FakeRuntimeApi
+from lambda_events import http_v1_event, http_v2_event, log_records, s3_put_event
+
+pytestmark = [pytest.mark.slow, pytest.mark.containers]
+
+REPO = Path(__file__).resolve().parents[3]
+BASE_IMAGE = os.environ.get("IMGCLF_TEST_BASE_IMAGE", "localhost/python:3.11-slim")
+IMAGE = "localhost/imgclf-lambda:test"
+
+
+def podman(
+    *args: str, timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["podman", *args], capture_output=True, text=True, timeout=timeout, check=check
+    )
+
+
+@pytest.fixture(scope="module")
+def lambda_image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Build the image from a clean copy of the sources (no .venv or caches in the context)."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (run ../shared/tools/container-base.sh)")
+    if podman("image", "exists", BASE_IMAGE, check=False).returncode != 0:
+        pytest.skip(f"base image {BASE_IMAGE} is missing (run ../shared/tools/container-base.sh)")
+    context = tmp_path_factory.mktemp("lambda-context")
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+    shutil.copytree(REPO / "src", context / "src", ignore=ignore)
+    shutil.copytree(REPO / "deploy" / "lambda", context / "deploy" / "lambda", ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        if (REPO / name).exists():
+            shutil.copy2(REPO / name, context / name)
+    build = podman(
+        "build",
+        "--build-arg",
+        f"BASE_IMAGE={BASE_IMAGE}",
+        "-f",
+        str(context / "deploy" / "lambda" / "Dockerfile"),
+        "-t",
+        IMAGE,
+        str(context),
+        timeout=1800,
+        check=False,
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    return IMAGE
+
+
+@pytest.fixture
+def runtime_api() -> Iterator[FakeRuntimeApi]:
+    with FakeRuntimeApi() as api:
+        yield api
+
+
+@pytest.fixture
+def readable_bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """``tiny_bundle`` with world-readable files: the function runs as an unprivileged user."""
+    target = shutil.copytree(tiny_bundle, tmp_path / "mounted-bundle")
+    target.chmod(0o755)
+    for path in target.iterdir():
+        path.chmod(0o644)
+    return target
+
+
+@pytest.fixture
+def s3_bucket(s3: Any, make_bucket: Callable[[str], str]) -> tuple[Any, str]:
+    """The local S3 client and a fresh bucket for the function to read and write."""
+    return s3, make_bucket("container")
+
+
+def run_function(image: str, api: FakeRuntimeApi, env: dict[str, str], volume: str) -> str:
+    """Start the function container against the fake Runtime API; return its id."""
+    args = ["run", "-d", "--network", "host", "-v", volume]
+    for name, value in {**env, "AWS_LAMBDA_RUNTIME_API": api.address}.items():
+        args += ["-e", f"{name}={value}"]
+    return podman(*args, image).stdout.strip()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_image_has_no_torch_or_fastapi(lambda_image: str) -> None:
+    probe = (
+        "import importlib.util as u; "
+        "print([m for m in ('torch', 'fastapi', 'timm') if u.find_spec(m)])"
+    )
+    result = podman(
+        "run", "--rm", "--entrypoint", "/opt/venv/bin/python", lambda_image, "-c", probe
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_handler_runs_inside_the_image(
+    lambda_image: str,
+    runtime_api: FakeRuntimeApi,
+    readable_bundle: Path,
+    image_bytes: Callable[..., bytes],
+    s3_bucket: tuple[Any, str],
+) -> None:
+    s3, bucket = s3_bucket
+    s3.put_object(Bucket=bucket, Key="in/green.jpg", Body=image_bytes("green"))
+    s3.put_object(Bucket=bucket, Key="in/readme.txt", Body=b"plain text")
+    ids = {
+        "v2": runtime_api.invoke(http_v2_event(json.dumps({"image": b64(image_bytes("red"))}))),
+        "v1_binary": runtime_api.invoke(
+            http_v1_event(image_bytes("blue", fmt="PNG"), content_type="image/png")
+        ),
+        "bad": runtime_api.invoke(http_v2_event('{"image": "@@@"}')),
+        "direct": runtime_api.invoke({"image": b64(image_bytes("green")), "top_k": 2}),
+        "s3": runtime_api.invoke(s3_put_event(bucket, "in/green.jpg", "in/readme.txt")),
+    }
+    env = {
+        "MODEL_URI": "/opt/model",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": os.environ["AWS_ENDPOINT_URL_S3"],
+        "AWS_LAMBDA_FUNCTION_NAME": "imgclf-classify",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048",
+    }
+    container = run_function(lambda_image, runtime_api, env, f"{readable_bundle}:/opt/model:ro")
+    try:
+        runtime_api.wait(list(ids.values()), timeout=180)
+        logs = podman("logs", container, check=False)
+    finally:
+        podman("rm", "-f", "-t", "0", container, check=False)
+    assert not runtime_api.init_errors, runtime_api.init_errors
+    assert not runtime_api.errors, (runtime_api.errors, logs.stdout, logs.stderr)
+    answers = {name: runtime_api.responses[rid] for name, rid in ids.items()}
+
+    for name, label in (("v2", "red"), ("v1_binary", "blue")):
+        assert answers[name]["statusCode"] == 200, answers[name]
+        assert json.loads(answers[name]["body"])["class"] == label
+    assert answers["bad"]["statusCode"] == 400
+    assert "base64" in json.loads(answers["bad"]["body"])["detail"]
+    assert answers["direct"]["class"] == "green"
+    assert len(answers["direct"]["top_k"]) == 2
+    assert [r["key"] for r in answers["s3"]["results"]] == ["in/green.jpg"]
+    assert answers["s3"]["skipped"][0]["key"] == "in/readme.txt"
+    written = json.loads(
+        s3.get_object(Bucket=bucket, Key="predictions/in/green.jpg.json")["Body"].read()
+    )
+    assert written["class"] == "green"
+
+    records = log_records(logs.stdout)
+    assert [r["event"] for r in records].count("model_loaded") == 1
+    assert {r["request_id"] for r in records if r["event"] == "request"} == {
+        ids["v2"],
+        ids["v1_binary"],
+        ids["bad"],
+        ids["direct"],
+    }
