@@ -159,6 +159,10 @@ def test_single_folder_under_an_extra_top_folder(tmp_path: Path) -> None:
 def test_hidden_files_and_folders_are_ignored(tmp_path: Path) -> None:
     root = write_color_dataset(tmp_path / "ds", per_class=2)
     (root / ".cache").mkdir()
+    (root / "__MACOSX" / "train" / "red").mkdir(parents=True)
+    (root / "__MACOSX" / "train" / "red" / "._red_000.jpg").write_bytes(b"\x00\x05\x16\x07")
+    (root / "train" / "red" / "@eaDir").mkdir()
+    (root / "train" / "red" / "@eaDir" / "thumb.jpg").write_bytes(b"junk")
     (root / "train" / ".ipynb_checkpoints").mkdir()
     (root / "train" / "red" / ".DS_Store").write_bytes(b"\x00\x01")
     (root / "train" / "red" / ".hidden.jpg").write_bytes(b"junk")
@@ -295,3 +299,15 @@ def test_real_clothing_small_loads() -> None:
         "t-shirt",
     ]
     assert dataset.problems == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any folder")
+def test_unreadable_folder_is_a_dataset_error(tmp_path: Path) -> None:
+    root = write_color_dataset(tmp_path / "ds", per_class=1)
+    locked = root / "train" / "red"
+    locked.chmod(0)
+    try:
+        with pytest.raises(DatasetError, match="cannot read"):
+            load_dataset(root)
+    finally:
+        locked.chmod(0o755)

@@ -9,9 +9,10 @@ A corrupt file is therefore reported and skipped up front, never a crash in the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,8 +136,9 @@ def load_dataset(
         ConfigError: The fractions are out of range.
     """
     validate_fractions({"validation": val_fraction, "test": test_fraction})
-    layout = find_layout(root)
-    files, carved = _split_files(layout, val_fraction, test_fraction, seed)
+    with _readable():
+        layout = find_layout(root)
+        files, carved = _split_files(layout, val_fraction, test_fraction, seed)
     for name in [n for n in carved if not any(files[n].values())]:
         logger.warning("%s: too few images to make a %s split; there is none", layout.root, name)
         del files[name]
@@ -174,9 +176,10 @@ def load_folder(
     folder = Path(root).expanduser().resolve()
     if not folder.is_dir():
         raise DatasetError(f"{folder}: not a folder; expected a folder of class folders")
-    folder = unwrap_split_dir(folder)
-    split = split_name(folder.name) or folder.name
-    by_class = _class_files(folder, split, allow_empty=True)
+    with _readable():
+        folder = unwrap_split_dir(folder)
+        split = split_name(folder.name) or folder.name
+        by_class = _class_files(folder, split, allow_empty=True)
     unknown = sorted(set(by_class) - set(classes))
     if unknown:
         raise DatasetError(
@@ -188,6 +191,18 @@ def load_folder(
         raise DatasetError(f"{folder}: no usable images found in its class folders")
     _log_problems(problems, sum(len(f) for f in by_class.values()))
     return splits[split], problems
+
+
+@contextlib.contextmanager
+def _readable() -> Iterator[None]:
+    """Turn a folder that cannot be listed into a DatasetError that names it."""
+    try:
+        yield
+    except OSError as exc:
+        raise DatasetError(
+            f"cannot read {exc.filename or 'a dataset folder'}: {exc.strerror or exc}; check "
+            "that the folder exists and is readable"
+        ) from exc
 
 
 def _split_files(

@@ -51,6 +51,9 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 #: Files some systems drop into every folder; never images, never worth a warning.
 IGNORED_FILE_NAMES: frozenset[str] = frozenset({"thumbs.db", "desktop.ini"})
 
+#: Folders that tools add next to the data (macOS zip resource forks, NAS thumbnails).
+IGNORED_DIR_NAMES: frozenset[str] = frozenset({"__macosx", "@eadir"})
+
 #: How many wrapper folders (single sub-folder, no images) are descended at most.
 MAX_WRAPPER_DEPTH = 4
 
@@ -76,8 +79,8 @@ class DatasetLayout:
 
 
 def is_hidden(path: Path) -> bool:
-    """Hidden files and folders (dot names) are never part of a dataset."""
-    return path.name.startswith(".")
+    """Hidden files and folders (dot names) and tool folders are never part of a dataset."""
+    return path.name.startswith(".") or path.name.lower() in IGNORED_DIR_NAMES
 
 
 def visible_dirs(folder: Path) -> list[Path]:
@@ -98,7 +101,7 @@ def files_under(folder: Path) -> list[Path]:
     """Every non-hidden file below ``folder`` (recursively, hidden folders pruned), sorted."""
     found: list[Path] = []
     for current, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        dirnames[:] = [d for d in dirnames if not is_hidden(Path(d))]
         for name in filenames:
             if name.startswith(".") or name.lower() in IGNORED_FILE_NAMES:
                 continue
