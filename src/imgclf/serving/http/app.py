@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -30,7 +31,7 @@ from imgclf.serving.http import api, page, tfserving, v2
 from imgclf.serving.http.batching import MicroBatcher
 from imgclf.serving.http.dependencies import Services
 from imgclf.serving.http.metrics import ServiceMetrics
-from imgclf.serving.http.observability import RequestContextMiddleware
+from imgclf.serving.http.observability import RequestContextMiddleware, configure_logging
 from imgclf.serving.http.security import TokenBucketLimiter, retry_after_header
 from imgclf.serving.http.settings import ServeSettings
 
@@ -86,6 +87,27 @@ def create_app(
         RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_upload_bytes
     )
     return app
+
+
+def run_server(settings: ServeSettings, *, backend: InferenceBackend | None = None) -> None:
+    """Serve the app with uvicorn until SIGINT/SIGTERM, then finish in-flight requests.
+
+    On SIGTERM uvicorn stops accepting connections and waits up to
+    ``settings.graceful_shutdown_s`` for requests in flight; the lifespan then drains the batcher.
+    """
+    import uvicorn
+
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    uvicorn.run(
+        create_app(settings, backend=backend),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_s),
+        server_header=False,
+        timeout_keep_alive=5,
+    )
 
 
 def _lifespan(services: Services, given: InferenceBackend | None):  # type: ignore[no-untyped-def]

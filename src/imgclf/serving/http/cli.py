@@ -104,28 +104,17 @@ def build_settings(args: argparse.Namespace) -> Any:
 def run_serve(args: argparse.Namespace) -> int:
     """Start uvicorn with the app; returns when the server has shut down."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - checked here for a clear message
     except ModuleNotFoundError as exc:
         raise ConfigError(
             "imgclf serve needs the serve extra: pip install 'imgclf[serve]'"
         ) from exc
-    from imgclf.serving.http.app import create_app
-    from imgclf.serving.http.observability import configure_logging
+    from imgclf.serving.http.app import run_server
 
     settings = build_settings(args)
     if settings.model_server_url is None:
         from imgclf.bundle import load_bundle
 
         load_bundle(settings.model, verify=False)  # a clear error now, not a lifespan traceback
-    configure_logging(settings.log_level, json_lines=settings.log_json)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=settings.graceful_shutdown_s,
-        server_header=False,
-        timeout_keep_alive=5,
-    )
+    run_server(settings)
     return 0

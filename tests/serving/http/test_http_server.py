@@ -1,0 +1,166 @@
+"""The real thing: ``imgclf serve`` in a subprocess (uvicorn), JSON logs, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+HERE = Path(__file__).resolve().parent
+ImageBytes = Callable[..., bytes]
+#: uvicorn re-raises SIGTERM after its graceful shutdown, so the exit status reports the signal.
+CLEAN_EXIT = (0, -signal.SIGTERM)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(base: str, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited early with code {process.returncode}")
+        try:
+            if httpx.get(f"{base}/ready", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server did not become ready")
+
+
+def wait_in_flight(base: str, count: int, timeout_s: float = 10.0) -> None:
+    """Wait until the server is handling ``count`` requests (besides the metrics request)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in httpx.get(f"{base}/metrics", timeout=2).text.splitlines():
+            if line.startswith("imgclf_http_requests_in_flight ") and (
+                float(line.split()[1]) >= count + 1
+            ):
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"{count} requests never were in flight together")
+
+
+class Server:
+    """A server subprocess whose stderr goes to a file."""
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        env = {**os.environ, "PYTHONPATH": str(HERE)}
+        cmd = [sys.executable, *[a.replace("{port}", str(self.port)) for a in args]]
+        self.process = subprocess.Popen(cmd, stderr=self._log, stdout=self._log, env=env)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._log.close()
+
+    def log_lines(self) -> list[str]:
+        return self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[[list[str]], Server]]:
+    servers: list[Server] = []
+
+    def start(args: list[str]) -> Server:
+        server = Server(args, tmp_path / f"server{len(servers)}.log")
+        servers.append(server)
+        wait_ready(server.base, server.process)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_cli_serves_api_page_and_json_logs(
+    start_server: Callable[[list[str]], Server], tiny_bundle: Path, image_bytes: ImageBytes
+) -> None:
+    server = start_server(
+        ["-m", "imgclf", "serve", "--model", str(tiny_bundle), "--port", "{port}", "--threads", "1"]
+    )
+    response = httpx.post(
+        f"{server.base}/predict",
+        files={"file": ("x.jpg", image_bytes("blue"), "image/jpeg")},
+        headers={"X-Request-ID": "cli-test-1"},
+    )
+    assert response.status_code == 200
+    assert response.json()["class"] == "blue"
+    page = httpx.get(f"{server.base}/")
+    assert 'capture="environment"' in page.text
+    assert httpx.get(f"{server.base}/static/app.js").status_code == 200
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(15) in CLEAN_EXIT
+    entries = [json.loads(line) for line in server.log_lines() if line.startswith("{")]
+    access = [e for e in entries if e["logger"] == "imgclf.access"]
+    mine = next(e for e in access if e["request_id"] == "cli-test-1")
+    assert mine["route"] == "/predict"
+    assert mine["status"] == 200
+    assert any("serving model colors" in e["message"] for e in entries)
+
+
+def test_sigterm_finishes_in_flight_requests(
+    start_server: Callable[[list[str]], Server], tiny_bundle: Path, image_bytes: ImageBytes
+) -> None:
+    """Six slow requests in flight when SIGTERM arrives: all answered, then a clean exit."""
+    server = start_server(
+        [
+            str(HERE / "slow_server.py"),
+            str(tiny_bundle),
+            "{port}",
+            "0.4",
+            "max_batch_size=1",
+            "graceful_shutdown_s=10",
+        ]
+    )
+    payload = image_bytes("green")
+
+    def post(_: int) -> int:
+        files = {"file": ("x.jpg", payload, "image/jpeg")}
+        return httpx.post(f"{server.base}/predict", files=files, timeout=30).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(post, i) for i in range(6)]
+        wait_in_flight(server.base, 6)
+        sent = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        codes = [f.result() for f in futures]
+    assert codes == [200] * 6
+    assert server.process.wait(15) in CLEAN_EXIT
+    assert time.monotonic() - sent < 10
+    assert any("every queued request was answered" in line for line in server.log_lines())
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{server.base}/health", timeout=2)
+
+
+def test_cli_reports_bad_bundle_cleanly(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "imgclf", "serve", "--model", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
