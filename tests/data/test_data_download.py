@@ -292,3 +292,12 @@ def test_progress_bar_reports_bytes(
     err = capsys.readouterr().err
     assert "downloading colors" in err
     assert "100%" in err
+
+
+def test_unwritable_destination_is_a_download_error(
+    tmp_path: Path, published: DatasetSource
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder is needed")
+    with pytest.raises(DownloadError, match="cannot write colors under"):
+        download_dataset(published, blocker / "colors", progress=False)

@@ -120,19 +120,27 @@ def download_dataset(
     target = Path(dest or default_destination(entry.name)).expanduser().resolve()
     if target.exists() and not force:
         return _reuse_existing(target, entry)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
-        archive = work / "archive.zip"
-        fetch(url or entry.url, archive, entry, timeout=timeout, progress=progress)
-        extracted = work / "extracted"
-        safe_extract(archive, extracted, entry)
-        archive.unlink()
-        root = _dataset_root(extracted, entry)
-        verify_dataset(root, entry)
-        _replace_dir(root, target, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(
+            tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        )
+        try:
+            archive = work / "archive.zip"
+            fetch(url or entry.url, archive, entry, timeout=timeout, progress=progress)
+            extracted = work / "extracted"
+            safe_extract(archive, extracted, entry)
+            archive.unlink()
+            root = _dataset_root(extracted, entry)
+            verify_dataset(root, entry)
+            _replace_dir(root, target, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    except OSError as exc:  # local file system: permissions, disk full (network errors are mapped)
+        raise DownloadError(
+            f"cannot write {entry.name} under {target.parent}: {exc.strerror or exc}; check the "
+            "destination's permissions and free space"
+        ) from exc
     logger.info("%s: verified and saved to %s", entry.name, target)
     return target
 
