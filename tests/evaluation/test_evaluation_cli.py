@@ -1,0 +1,260 @@
+"""``imgclf evaluate`` end to end: real bundles, generated colour datasets, real reports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import COLORS, make_image, write_color_dataset
+from imgclf.cli import main
+from imgclf.data import ImageRecord, load_dataset, load_folder
+from imgclf.evaluation.cli import default_out_dir
+from imgclf.evaluation.runner import evaluate_bundle, predict_records
+
+
+def _evaluate(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["evaluate", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _document(out: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads((out / "evaluation.json").read_text())
+
+
+@pytest.mark.slow
+def test_all_splits_of_a_dataset(
+    tiny_bundle: Path, color_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "report"
+    history = [
+        {
+            "epoch": 1,
+            "stage": "head",
+            "train_loss": 0.5,
+            "train_acc": 0.9,
+            "val_loss": 0.4,
+            "val_acc": 0.95,
+            "lr": 0.01,
+            "seconds": 1.0,
+        }
+    ]
+    (tiny_bundle / "history.json").write_text(json.dumps(history))
+
+    code, stdout, _ = _evaluate(
+        capsys, str(tiny_bundle), "--data", str(color_dataset), "--split", "all", "--out", str(out)
+    )
+
+    assert code == 0
+    lines = stdout.splitlines()
+    assert lines[0].split() == ["split", "images", "top1", "top3", "loss", "macro", "F1"]
+    assert [line.split()[:3] for line in lines[1:4]] == [
+        ["train", "36", "100.00%"],
+        ["validation", "36", "100.00%"],
+        ["test", "36", "100.00%"],
+    ]
+    assert "artifact: onnx" in stdout
+    assert f"report: {out / 'report.html'}" in stdout
+    document = _document(out)
+    assert list(document["splits"]) == ["train", "validation", "test"]
+    assert all(split["top1"] == 1.0 for split in document["splits"].values())
+    assert document["splits"]["test"]["per_class"]["red"]["support"] == 12
+    assert {(g["from"], g["to"]) for g in document["gaps"]} == {
+        ("train", "validation"),
+        ("train", "test"),
+        ("validation", "test"),
+    }
+    assert (out / "training_curves.png").is_file()
+    assert (out / "confusion_validation.png").is_file()
+
+
+def test_mistakes_and_unreadable_files_are_reported(
+    tiny_bundle: Path, color_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    test_dir = color_dataset / "test"
+    make_image(COLORS["blue"], seed=7).save(test_dir / "red" / "mislabelled.jpg")
+    (test_dir / "green" / "truncated.jpg").write_bytes(
+        (test_dir / "green" / "green_000.jpg").read_bytes()[:100]
+    )
+    (test_dir / "red" / "notes.txt").write_text("not an image")
+    out = tmp_path / "report"
+
+    code, stdout, _ = _evaluate(
+        capsys, str(tiny_bundle), "--data", str(color_dataset), "--out", str(out)
+    )
+
+    assert code == 0
+    assert stdout.splitlines()[1].split()[:3] == ["test", "37", "97.30%"]
+    assert "skipped 2 unreadable or non-image files" in stdout
+    document = _document(out)
+    (mistake,) = document["mistakes"]["test"]
+    assert (mistake["true"], mistake["predicted"]) == ("red", "blue")
+    assert mistake["path"].endswith("mislabelled.jpg")
+    assert mistake["probability"] > 0.9
+    skipped = {Path(item["path"]).name: item["reason"] for item in document["skipped_files"]}
+    assert set(skipped) == {"truncated.jpg", "notes.txt"}
+    assert "corrupt or truncated" in skipped["truncated.jpg"]
+    assert document["splits"]["test"]["confusion_matrix"][0] == [12, 0, 1]
+    html = (out / "report.html").read_text()
+    assert 'src="mistakes/test/01.jpg"' in html and "truncated.jpg" in html
+
+
+def test_plain_folder_of_class_folders_is_one_split(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = write_color_dataset(tmp_path / "photos", per_class=4, splits=("",))
+    shutil.rmtree(photos / "green")  # a folder may hold only some of the model's classes
+    out = tmp_path / "report"
+
+    code, stdout, _ = _evaluate(capsys, str(tiny_bundle), "--data", str(photos), "--out", str(out))
+
+    assert code == 0
+    assert stdout.splitlines()[1].split()[:3] == ["photos", "8", "100.00%"]
+    split = _document(out)["splits"]["photos"]
+    assert split["per_class"]["green"]["support"] == 0
+    assert split["macro_f1"] == 1.0  # green is absent and not counted against the model
+
+
+def test_other_folder_by_name(
+    tiny_bundle: Path, color_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_color_dataset(color_dataset, per_class=2, splits=("holdout",))
+
+    argv = ["--split", "holdout,test", "--out", str(tmp_path / "r"), "--gallery-size", "0"]
+    code, stdout, _ = _evaluate(capsys, str(tiny_bundle), "--data", str(color_dataset), *argv)
+
+    assert code == 0
+    rows = [line.split()[:2] for line in stdout.splitlines()[1:3]]
+    assert rows == [["test", "36"], ["holdout", "6"]]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("unknown-class", [], "not among the known classes"),
+        ("plain", ["--split", "validation,holdout"], "has no validation, holdout split"),
+        ("dataset", ["--split", "nope"], "has no nope split"),
+        ("dataset", ["--artifact", "onnx-int8"], "no 'onnx-int8' artifact"),
+        ("missing", [], "not a folder"),
+    ],
+    ids=["unknown-class", "plain-folder-split", "missing-split", "missing-artifact", "no-data"],
+)
+def test_unusable_input_fails_with_a_clear_error(
+    tiny_bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: tuple[str, list[str], str],
+) -> None:
+    setup, argv, message = case
+    data = tmp_path / "data"
+    if setup == "unknown-class":
+        write_color_dataset(data, per_class=2, splits=("",))
+        (data / "purple").mkdir()
+        make_image((120, 0, 120)).save(data / "purple" / "p.jpg")
+    elif setup == "plain":
+        write_color_dataset(data, per_class=2, splits=("",))
+    elif setup == "dataset":
+        write_color_dataset(data, per_class=2)
+
+    code, _, stderr = _evaluate(capsys, str(tiny_bundle), "--data", str(data), *argv)
+
+    assert code == 2
+    assert stderr.startswith("imgclf evaluate: error:")
+    assert message in stderr
+
+
+def test_carved_split_of_a_one_folder_dataset_matches_training(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    data = write_color_dataset(tmp_path / "flat", per_class=20, splits=("",))
+    expected = load_dataset(data, seed=0, check_images=False).splits["test"]
+
+    results = evaluate_bundle(tiny_bundle, data, splits=["test"], out_dir=tmp_path / "r")
+
+    assert results["test"].count == len(expected) > 0
+    notes = _document(tmp_path / "r")["data"]["notes"]
+    assert "carved from the one-folder dataset" in notes[0]
+
+
+def test_predict_records_marks_unreadable_rows(tiny_bundle: Path, tmp_path: Path) -> None:
+    good = tmp_path / "green.png"
+    make_image(COLORS["green"]).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not really")
+    records = [ImageRecord(good, 1), ImageRecord(bad, 0), ImageRecord(good, 1)]
+
+    probs = predict_records(tiny_bundle, records, batch_size=2)
+
+    assert probs.shape == (3, 3)
+    assert np.isnan(probs[1]).all()
+    assert probs[[0, 2]].argmax(axis=1).tolist() == [1, 1]
+    np.testing.assert_allclose(probs[[0, 2]].sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_default_report_location(tmp_path: Path) -> None:
+    assert default_out_dir(str(tmp_path / "b"), "m") == tmp_path / "b" / "evaluation"
+    assert default_out_dir(None, "clothing") == Path("evaluation-clothing")
+
+
+@pytest.fixture
+def torch_bundle(tmp_path: Path) -> Path:
+    """A bundle holding only PyTorch weights: an untrained Lite0 with a 3-class head, 32 px."""
+    torch = pytest.importorskip("torch")
+    from imgclf.bundle import Bundle, Manifest
+    from imgclf.preprocessing import PreprocessConfig
+    from imgclf.training.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tf_efficientnet_lite0", 3, pretrained=False)
+    root = tmp_path / "torch-bundle"
+    root.mkdir()
+    torch.save(model.state_dict(), root / "model.pt")
+    manifest = Manifest(
+        name="colors-torch",
+        backbone="tf_efficientnet_lite0",
+        labels=list(COLORS),
+        preprocessing=PreprocessConfig(input_size=32, crop_pct=1.0).to_dict(),
+        training={"model_kwargs": {}},
+    )
+    Bundle(root=root, manifest=manifest).add_artifact(
+        "pytorch", root / "model.pt", format="pytorch"
+    )
+    return root
+
+
+@pytest.mark.slow
+def test_pytorch_bundle_end_to_end(
+    torch_bundle: Path, color_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from imgclf.bundle import load_bundle
+    from imgclf.evaluation.metrics import compute_metrics
+    from imgclf.preprocessing import preprocess_batch
+    from imgclf.training.models import load_torch_model
+
+    out = tmp_path / "report"
+    argv = ["--data", str(color_dataset), "--out", str(out), "--batch-size", "5"]
+    code, stdout, _ = _evaluate(capsys, str(torch_bundle), *argv)
+
+    assert code == 0
+    assert "artifact: pytorch" in stdout  # auto falls back to the weights without an export
+    bundle = load_bundle(torch_bundle)
+    records, _ = load_folder(color_dataset / "test", bundle.labels)  # labels in model order
+    config = bundle.preprocess_config
+    with torch.inference_mode():
+        batch = torch.from_numpy(preprocess_batch([r.path for r in records], config))
+        expected = torch.softmax(load_torch_model(bundle)(batch), dim=1).numpy()
+    probs = predict_records(bundle, records, artifact="pytorch", batch_size=7)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    reference = compute_metrics(expected, np.array([r.label for r in records]), bundle.labels)
+    split = _document(out)["splits"]["test"]
+    assert split["count"] == 36
+    # An untrained model's probabilities are nearly tied, so compare the continuous loss; the
+    # argmax may flip on float noise between batch sizes.
+    assert split["loss"] == pytest.approx(reference.loss, rel=1e-4)
+    assert split["top1"] == pytest.approx(np.trace(split["confusion_matrix"]) / 36)
