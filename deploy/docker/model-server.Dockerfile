@@ -10,20 +10,23 @@
 # server picks up new versions without a restart). No torch: ONNX Runtime runs the models.
 ARG BASE_IMAGE=python:3.11-slim
 
+# ---- requirements: the dependency list alone, so unrelated pyproject.toml edits keep caches ---
+FROM ${BASE_IMAGE} AS requirements
+ARG EXTRAS=serve,grpc
+COPY pyproject.toml /build/
+# The runtime dependencies and the requested extras, read with the standard library's tomllib.
+RUN python3 -c "import sys, tomllib; p = tomllib.load(open('/build/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + [r for e in sys.argv[1].split(',') for r in p['optional-dependencies'][e]]))" \
+        "${EXTRAS}" > /build/requirements.txt
+
 # ---- deps: third-party dependencies only, so editing the source keeps this layer cached ----------
 FROM ${BASE_IMAGE} AS deps
-ARG EXTRAS=serve,grpc
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv /opt/venv
-WORKDIR /build
-COPY pyproject.toml ./
-# The runtime dependencies and the requested extras, read from pyproject.toml (stdlib tomllib).
-RUN python3 -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + [r for e in sys.argv[1].split(',') for r in p['optional-dependencies'][e]]))" \
-        "${EXTRAS}" > requirements.txt \
-    && /opt/venv/bin/pip install -r requirements.txt
+COPY --from=requirements /build/requirements.txt /build/
+RUN /opt/venv/bin/pip install -r /build/requirements.txt
 
 # ---- wheel: the imgclf package itself, bundled model included ------------------------------------
 FROM ${BASE_IMAGE} AS wheel

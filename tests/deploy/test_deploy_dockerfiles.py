@@ -1,0 +1,228 @@
+"""Static checks of the Dockerfiles: the structure every image must keep, even unbuilt ones.
+
+The training image is not built in tests (torch makes it large); these checks are what guards it.
+The serving images are also built and run for real in ``test_deploy_compose.py``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shlex
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from deploy_helpers import DOCKER_DIR, REPO_ROOT
+
+from imgclf.cli import build_parser
+
+SERVING = ("serve.Dockerfile", "model-server.Dockerfile")
+ALL = (*SERVING, "train.Dockerfile")
+
+
+@dataclass
+class Stage:
+    """One build stage: its base, name and instructions (keyword, arguments)."""
+
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self, keyword: str) -> list[str]:
+        """Arguments of every instruction with this keyword, in order."""
+        return [rest for kw, rest in self.instructions if kw == keyword]
+
+
+@dataclass
+class Dockerfile:
+    """A parsed Dockerfile: global ARGs before the first FROM, then its stages."""
+
+    global_args: list[str]
+    stages: list[Stage]
+
+
+def parse_dockerfile(path: Path) -> Dockerfile:
+    """Parse instructions (joining ``\\`` continuations, skipping comments) into stages."""
+    logical: list[str] = []
+    pending = ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        stripped = raw.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if pending and stripped.startswith("#"):
+            continue
+        if raw.endswith("\\"):
+            pending += raw[:-1] + " "
+            continue
+        logical.append(pending + raw)
+        pending = ""
+    assert not pending, f"{path.name}: dangling line continuation"
+    parsed = Dockerfile(global_args=[], stages=[])
+    for line in logical:
+        keyword, _, rest = line.strip().partition(" ")
+        keyword, rest = keyword.upper(), rest.strip()
+        if keyword == "FROM":
+            match = re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", rest, flags=re.IGNORECASE)
+            assert match, f"{path.name}: cannot parse FROM {rest!r}"
+            parsed.stages.append(Stage(base=match[1], name=match[2]))
+        elif not parsed.stages:
+            assert keyword == "ARG", f"{path.name}: only ARG may come before FROM, got {keyword}"
+            parsed.global_args.append(rest)
+        else:
+            parsed.stages[-1].instructions.append((keyword, rest))
+    return parsed
+
+
+def exec_form(argument: str) -> list[str]:
+    """A JSON exec-form argument (``["a", "b"]``) as a list; fails on the shell form."""
+    import json
+
+    value = json.loads(argument)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), argument
+    return value
+
+
+def requirements_for(extras: str) -> list[str]:
+    """The dependency list the images install: base dependencies plus the named extras."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    optional = project["optional-dependencies"]
+    return list(project["dependencies"]) + [r for e in extras.split(",") for r in optional[e]]
+
+
+def arg_default(stage_or_file: list[tuple[str, str]] | list[str], name: str) -> str | None:
+    """Default value of ``ARG name=value`` among instructions or global args."""
+    for item in stage_or_file:
+        text = item[1] if isinstance(item, tuple) and item[0] == "ARG" else item
+        if isinstance(text, str) and text.startswith(f"{name}="):
+            return text.split("=", 1)[1]
+    return None
+
+
+@pytest.fixture(params=ALL)
+def dockerfile(request: pytest.FixtureRequest) -> tuple[str, Dockerfile]:
+    """Each Dockerfile, parsed."""
+    name: str = request.param
+    return name, parse_dockerfile(DOCKER_DIR / name)
+
+
+def test_base_image_is_an_argument_defaulting_to_the_official_image(
+    dockerfile: tuple[str, Dockerfile],
+) -> None:
+    name, parsed = dockerfile
+    assert parsed.global_args == ["BASE_IMAGE=python:3.11-slim"], name
+    names: list[str] = []
+    for stage in parsed.stages:
+        assert stage.base == "${BASE_IMAGE}" or stage.base in names, (
+            f"{name}: stage {stage.name} starts FROM {stage.base}, neither BASE_IMAGE nor a stage"
+        )
+        assert stage.name, f"{name}: every stage is named"
+        names.append(stage.name)
+    assert len(parsed.stages) >= 3, f"{name}: multi-stage build expected"
+
+
+def test_final_stage_runs_as_non_root_with_an_imgclf_entrypoint(
+    dockerfile: tuple[str, Dockerfile],
+) -> None:
+    name, parsed = dockerfile
+    final = parsed.stages[-1]
+    users = [u for s in parsed.stages if s is final or s.name == final.base for u in s.args("USER")]
+    assert users, f"{name}: no USER in the final stage"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, f"{name}: USER must be a numeric non-root uid"
+    (entrypoint,) = final.args("ENTRYPOINT")
+    assert exec_form(entrypoint)[0] == "imgclf"
+
+
+def test_dependencies_are_installed_before_the_source_is_copied(
+    dockerfile: tuple[str, Dockerfile],
+) -> None:
+    name, parsed = dockerfile
+    by_name = {s.name: s for s in parsed.stages}
+    deps = by_name["deps"]
+    assert any("pip install -r" in run for run in deps.args("RUN")), name
+    for stage in (deps, by_name["requirements"]):
+        copied = " ".join(stage.args("COPY"))
+        assert "src" not in copied.split(), f"{name}: {stage.name} must not depend on src/"
+    final = parsed.stages[-1]
+    for copy in final.args("COPY"):
+        assert copy.startswith("--from="), f"{name}: the final stage copies only from stages"
+
+
+def test_copied_sources_exist_and_pass_the_ignore_file(
+    dockerfile: tuple[str, Dockerfile],
+) -> None:
+    name, parsed = dockerfile
+    rules = [
+        line.strip()
+        for line in (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for stage in parsed.stages:
+        for copy in stage.args("COPY"):
+            if copy.startswith("--from="):
+                continue
+            *sources, _dest = shlex.split(copy)
+            for source in sources:
+                if source.endswith("*"):  # optional file (README.md*)
+                    continue
+                assert (REPO_ROOT / source).exists(), f"{name}: COPY {source}: no such path"
+                assert _included(source, rules), f"{name}: {source} is excluded by .dockerignore"
+
+
+def _included(path: str, rules: list[str]) -> bool:
+    """Docker's ignore semantics for a top-level path: the last matching rule wins."""
+    included = True
+    for rule in rules:
+        negated = rule.startswith("!")
+        pattern = rule.lstrip("!").rstrip("/")
+        if pattern == "**" or fnmatch.fnmatch(path, pattern):
+            included = negated
+    return included
+
+
+@pytest.mark.parametrize("name", SERVING)
+def test_serving_images_have_a_healthcheck_and_no_torch(name: str) -> None:
+    parsed = parse_dockerfile(DOCKER_DIR / name)
+    final = parsed.stages[-1]
+    (healthcheck,) = final.args("HEALTHCHECK")
+    assert "CMD [" in healthcheck and "127.0.0.1" in healthcheck
+    extras = arg_default(parsed.stages[0].instructions, "EXTRAS")
+    assert extras == "serve,grpc"
+    installed = " ".join(requirements_for(extras)).lower()
+    for heavy in ("torch", "timm", "tensorflow"):
+        assert heavy not in installed, f"{name} would install {heavy}"
+
+
+def test_training_image_installs_torch_from_the_cpu_index() -> None:
+    parsed = parse_dockerfile(DOCKER_DIR / "train.Dockerfile")
+    deps = next(s for s in parsed.stages if s.name == "deps")
+    index = arg_default(deps.instructions, "TORCH_INDEX_URL")
+    assert index == "https://download.pytorch.org/whl/cpu"
+    torch_run = next(run for run in deps.args("RUN") if "torch" in run)
+    assert '--index-url "${TORCH_INDEX_URL}"' in torch_run
+    requirements = next(s for s in parsed.stages if s.name == "requirements")
+    assert arg_default(requirements.instructions, "EXTRAS") == "train"
+    assert any(r.startswith("torch") for r in requirements_for("train"))
+
+
+def test_model_server_command_is_accepted_by_the_cli() -> None:
+    parsed = parse_dockerfile(DOCKER_DIR / "model-server.Dockerfile")
+    final = parsed.stages[-1]
+    command = exec_form(final.args("ENTRYPOINT")[0])[1:] + exec_form(final.args("CMD")[0])
+    args = build_parser().parse_args(command)
+    assert args.command == "model-server"
+    assert str(args.repository) == "/models"
+    assert args.host == "0.0.0.0"
+    assert (args.http_port, args.grpc_port) == (8000, 8001)
+
+
+def test_parser_rejects_a_shell_form_entrypoint(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.Dockerfile"
+    broken.write_text(
+        "ARG BASE_IMAGE=python:3.11-slim\nFROM ${BASE_IMAGE} AS a\nENTRYPOINT imgclf\n"
+    )
+    (entrypoint,) = parse_dockerfile(broken).stages[-1].args("ENTRYPOINT")
+    with pytest.raises(ValueError):
+        exec_form(entrypoint)
