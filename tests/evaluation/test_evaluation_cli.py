@@ -177,7 +177,27 @@ def test_carved_split_of_a_one_folder_dataset_matches_training(
 
     assert results["test"].count == len(expected) > 0
     notes = _document(tmp_path / "r")["data"]["notes"]
-    assert "carved from the one-folder dataset" in notes[0]
+    assert "re-created the seeded stratified split" in notes[0]
+
+
+def test_validation_carved_from_train_like_training(tiny_bundle: Path, tmp_path: Path) -> None:
+    from imgclf.bundle import load_bundle
+    from imgclf.evaluation.runner import run_evaluation
+
+    bundle = load_bundle(tiny_bundle)
+    bundle.manifest.training = {"seed": 3, "val_fraction": 0.2}
+    bundle.save()
+    data = write_color_dataset(tmp_path / "ds", per_class=10, splits=("train", "test"))
+    expected = load_dataset(data, seed=3, val_fraction=0.2, check_images=False).splits
+
+    run = run_evaluation(
+        tiny_bundle, data, splits=["train", "validation"], out_dir=tmp_path / "r", gallery_size=0
+    )
+
+    assert list(run.results) == ["train", "validation"]
+    assert len(expected["validation"]) == 6
+    for split in ("train", "validation"):
+        assert {r.path for r in run.predictions[split].records} == {r.path for r in expected[split]}
 
 
 def test_predict_records_marks_unreadable_rows(tiny_bundle: Path, tmp_path: Path) -> None:

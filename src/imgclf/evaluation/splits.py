@@ -5,6 +5,8 @@
 * a dataset root (``train/``, ``validation/``, ``test/``, nested or wrapped layouts included):
   ``--split`` picks ``train``, ``validation``, ``test``, ``all``, or the name of any other folder
   of class folders inside DIR (``--split holdout`` reads ``DIR/holdout``);
+  asking for ``validation`` where there is no such folder re-creates the split ``imgclf train``
+  carves from ``train/``, with the seed and fraction recorded in the bundle;
 * a plain folder of class folders (``clothing-small/test``, ``new-photos/``): evaluated as one
   split named after the folder. Asking for ``--split test`` there re-creates the seeded stratified
   split that ``imgclf train`` carves from a one-folder dataset, with the seed and fractions
@@ -103,7 +105,8 @@ def from_records(
 def _select(available: list[str], requested: Sequence[str] | None, where: str) -> list[str]:
     """Expand ``all``/None and check every requested split exists."""
     if requested is None:
-        requested = ["test"] if "test" in available else [ALL_SPLITS]
+        preferred = [name for name in ("test", "validation") if name in available]
+        requested = preferred[:1] or [ALL_SPLITS]
     if ALL_SPLITS in requested:
         return _ordered(available)
     missing = [name for name in requested if name not in available]
@@ -142,6 +145,8 @@ def load_evaluation_data(
             the model does not know.
     """
     layout = find_layout(data)
+    if layout.split_dirs and _carves_validation(layout.split_dirs, requested):
+        return _carved(layout.root, labels, requested or (), training or {})
     if layout.split_dirs:
         return _from_split_folders(layout.root, layout.split_dirs, labels, requested)
     folder_split = split_name(layout.root.name) or layout.root.name
@@ -176,10 +181,21 @@ def _from_split_folders(
     return result
 
 
+def _carves_validation(split_dirs: Mapping[str, Path], requested: Sequence[str] | None) -> bool:
+    """True when validation is asked for but, as in training, must be carved from train."""
+    return (
+        requested is not None
+        and "validation" in requested
+        and all(name in SPLIT_ORDER for name in requested)
+        and "validation" not in split_dirs
+        and "train" in split_dirs
+    )
+
+
 def _carved(
     root: Path, labels: Sequence[str], requested: Sequence[str], training: Mapping[str, Any]
 ) -> EvaluationData:
-    """Re-create the seeded stratified split of a one-folder dataset."""
+    """Re-create the seeded stratified split imgclf train makes where folders are missing."""
     seed = int(training.get("seed", 0))
     val_fraction = float(training.get("val_fraction", 0.1))
     test_fraction = float(training.get("test_fraction", 0.1))
@@ -192,7 +208,8 @@ def _carved(
     )
     data = from_dataset_splits(dataset, labels, requested)
     data.notes.append(
-        f"{', '.join(data.splits)} carved from the one-folder dataset {root} with seed {seed}, "
-        f"validation fraction {val_fraction:g}, test fraction {test_fraction:g}"
+        f"{', '.join(data.splits)}: re-created the seeded stratified split imgclf train makes "
+        f"of {root} (seed {seed}, validation fraction {val_fraction:g}, test fraction "
+        f"{test_fraction:g})"
     )
     return data
