@@ -62,3 +62,13 @@ def test_missing_repository_is_a_clear_error(
     stderr = capsys.readouterr().err
     assert "is not a directory" in stderr
     assert "--format triton" in stderr
+
+
+def test_serving_modules_do_not_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "import imgclf.serving.model_server.server, imgclf.serving.model_server.rest\n"
+        "import imgclf.serving.model_server.cli, imgclf.serving.gateway.client\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
