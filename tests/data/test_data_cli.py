@@ -38,6 +38,11 @@ def test_inspect_prints_a_table(dataset: Path, capsys: pytest.CaptureFixture[str
     problem = lines[lines.index("problems  1 files skipped:") + 1]
     assert problem.startswith("  test/blue/broken.jpg: ")
     assert "skipping" not in captured.err  # the report lists problems; no duplicate warnings
+    assert (
+        "duplicates 4 groups of identical files (0 across splits, 0 with different classes):"
+        in (lines)
+    )
+    assert "  train/red/extra_0.jpg = train/red/red_000.jpg" in lines
 
 
 def test_inspect_json(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -53,6 +58,42 @@ def test_inspect_json(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert problem["path"] == "test/blue/broken.jpg"
     assert problem["split"] == "test"
     assert "corrupt" in problem["reason"] or "truncated" in problem["reason"]
+    assert len(report["duplicates"]) == 4
+    assert report["duplicates"][0] == {
+        "paths": ["train/red/extra_0.jpg", "train/red/red_000.jpg"],
+        "splits": ["train"],
+        "classes": ["red"],
+        "across_splits": False,
+        "conflicting_labels": False,
+    }
+
+
+def test_leaked_and_mislabelled_copies_are_flagged(
+    dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    leaked = (dataset / "test" / "green" / "green_002.jpg").read_bytes()
+    (dataset / "train" / "blue" / "copy.jpg").write_bytes(leaked)
+    assert main(["data", "inspect", str(dataset), "--json", "--no-check"]) == 0
+    groups = json.loads(capsys.readouterr().out)["duplicates"]
+    [leak] = [group for group in groups if group["across_splits"]]
+    assert leak == {
+        "paths": ["test/green/green_002.jpg", "train/blue/copy.jpg"],
+        "splits": ["test", "train"],
+        "classes": ["blue", "green"],
+        "across_splits": True,
+        "conflicting_labels": True,
+    }
+    assert main(["data", "inspect", str(dataset), "--no-check"]) == 0
+    out = capsys.readouterr().out
+    assert "(1 across splits, 1 with different classes)" in out
+    assert (
+        "  test/green/green_002.jpg = train/blue/copy.jpg  [across splits, different classes]"
+        in (out.splitlines())
+    )
+    assert main(["data", "inspect", str(dataset), "--no-check", "--strict"]) == 1
+    capsys.readouterr()
+    assert main(["data", "inspect", str(dataset), "--no-duplicates", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["duplicates"] is None
 
 
 def test_inspect_single_folder_shows_the_carved_splits(

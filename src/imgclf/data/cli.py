@@ -50,8 +50,9 @@ def _register_inspect(commands: Any) -> None:
         help="classes, counts per split and class, imbalance and unreadable files",
         description=(
             "Load a dataset the way training does and report its classes, image counts per split "
-            "and class, class imbalance (largest / smallest class) and every file that would be "
-            "skipped, with the reason. Splits missing from the folders are made with the same "
+            "and class, class imbalance (largest / smallest class), every file that would be "
+            "skipped, with the reason, and identical files (across splits: leakage; across "
+            "classes: a labelling mistake). Splits missing from the folders are made with the same "
             "seeded stratified split training uses."
         ),
     )
@@ -68,7 +69,12 @@ def _register_inspect(commands: Any) -> None:
         "--no-check", action="store_true", help="do not decode images (faster, finds less)"
     )
     parser.add_argument(
-        "--strict", action="store_true", help="exit with status 1 if any file is skipped"
+        "--no-duplicates", action="store_true", help="do not look for identical files"
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 1 if any file is skipped or identical files span splits or classes",
     )
     parser.set_defaults(handler=run_inspect)
 
@@ -121,13 +127,18 @@ def run_inspect(args: argparse.Namespace) -> int:
             seed=args.seed,
             check_images=not args.no_check,
         )
-    report = build_report(dataset)
+    report = build_report(dataset, duplicates=not args.no_duplicates)
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         print(format_report(report))
-    return 1 if args.strict and dataset.problems else 0
+    leaks = [
+        group
+        for group in report["duplicates"] or []
+        if group["across_splits"] or group["conflicting_labels"]
+    ]
+    return 1 if args.strict and (dataset.problems or leaks) else 0
 
 
 def run_download(args: argparse.Namespace) -> int:

@@ -1,10 +1,18 @@
-"""What ``imgclf data inspect`` shows: classes, counts per split and class, imbalance, problems."""
+"""What ``imgclf data inspect`` shows: classes, counts per split and class, imbalance, problems.
+
+It also finds byte-identical files: a copy of a test image in train inflates the test score, and
+the same image under two classes is a labelling mistake.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from imgclf.data.checks import default_workers
 from imgclf.data.dataset import DatasetSplits
 
 
@@ -22,8 +30,53 @@ def _shown_path(dataset: DatasetSplits, path: Path) -> str:
         return str(path)
 
 
-def build_report(dataset: DatasetSplits) -> dict[str, Any]:
-    """A JSON-serialisable description of a loaded dataset."""
+def _file_sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def find_duplicates(dataset: DatasetSplits) -> list[dict[str, Any]]:
+    """Groups of byte-identical images, flagged when they span splits or classes.
+
+    Returns:
+        One entry per group: ``paths`` (relative to the root), ``splits``, ``classes``,
+        ``across_splits`` (leaks between splits) and ``conflicting_labels``.
+    """
+    located = [
+        (record.path, split, dataset.classes[record.label])
+        for split, records in dataset.splits.items()
+        for record in records
+    ]
+    with ThreadPoolExecutor(max_workers=default_workers()) as pool:
+        digests = list(pool.map(_file_sha256, [path for path, _, _ in located]))
+    groups: dict[str, list[tuple[Path, str, str]]] = defaultdict(list)
+    for digest, item in zip(digests, located, strict=True):
+        groups[digest].append(item)
+    duplicates = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        splits = sorted({split for _, split, _ in members})
+        classes = sorted({name for _, _, name in members})
+        duplicates.append(
+            {
+                "paths": sorted(_shown_path(dataset, path) for path, _, _ in members),
+                "splits": splits,
+                "classes": classes,
+                "across_splits": len(splits) > 1,
+                "conflicting_labels": len(classes) > 1,
+            }
+        )
+    return sorted(duplicates, key=lambda group: group["paths"])
+
+
+def build_report(dataset: DatasetSplits, *, duplicates: bool = True) -> dict[str, Any]:
+    """A JSON-serialisable description of a loaded dataset.
+
+    Args:
+        dataset: The loaded dataset.
+        duplicates: Also hash every image to find identical files (reads every byte once).
+    """
     counts = {split: dataset.counts(split) for split in dataset.splits}
     return {
         "root": str(dataset.root),
@@ -36,6 +89,7 @@ def build_report(dataset: DatasetSplits) -> dict[str, Any]:
             {"path": _shown_path(dataset, p.path), "split": p.split, "reason": p.reason}
             for p in dataset.problems
         ],
+        "duplicates": find_duplicates(dataset) if duplicates else None,
     }
 
 
@@ -57,7 +111,32 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"problems  {len(problems) or 'none'}" + (" files skipped:" if problems else ""))
     lines.extend(f"  {p['path']}: {p['reason']}" for p in problems)
+    if report["duplicates"] is not None:
+        lines.extend(_duplicate_lines(report["duplicates"]))
     return "\n".join(lines)
+
+
+def _duplicate_lines(duplicates: list[dict[str, Any]]) -> list[str]:
+    if not duplicates:
+        return ["duplicates none"]
+    across = sum(group["across_splits"] for group in duplicates)
+    conflicting = sum(group["conflicting_labels"] for group in duplicates)
+    lines = [
+        f"duplicates {len(duplicates)} groups of identical files ({across} across splits, "
+        f"{conflicting} with different classes):"
+    ]
+    for group in duplicates:
+        flags = [
+            flag
+            for flag, present in (
+                ("across splits", group["across_splits"]),
+                ("different classes", group["conflicting_labels"]),
+            )
+            if present
+        ]
+        suffix = f"  [{', '.join(flags)}]" if flags else ""
+        lines.append(f"  {' = '.join(group['paths'])}{suffix}")
+    return lines
 
 
 def _count_table(report: dict[str, Any], splits: list[str]) -> list[str]:
