@@ -55,7 +55,7 @@ def plot_confusion(metrics: SplitMetrics, path: Path, title: str) -> Path:
     figure = _figure(side + 1.0, side)
     axes = figure.subplots()
     image = axes.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
-    figure.colorbar(image, ax=axes, fraction=0.046, label="share of the true class")
+    figure.colorbar(image, ax=axes, shrink=0.8, label="share of the true class")
     axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
     axes.set_yticks(range(len(names)), names)
     axes.set_xlabel("predicted class")

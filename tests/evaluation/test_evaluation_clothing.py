@@ -1,0 +1,42 @@
+"""The shipped clothing model on the real clothing-small test split (skipped when absent)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from imgclf.bundle import MANIFEST_NAME, default_bundle_path, load_bundle
+from imgclf.evaluation.runner import evaluate_bundle
+
+CLOTHING = Path(
+    os.environ.get(
+        "IMGCLF_CLOTHING_DIR",
+        Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "clothing-small",
+    )
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CLOTHING / "test").is_dir(), reason="clothing-small dataset not found")
+@pytest.mark.skipif(
+    not (default_bundle_path() / MANIFEST_NAME).is_file(), reason="bundled model not built yet"
+)
+def test_bundled_model_on_the_clothing_test_split(tmp_path: Path) -> None:
+    recorded = load_bundle(None, verify=False).manifest.metrics.get("test", {}).get("top1")
+
+    results = evaluate_bundle(None, CLOTHING, splits=["test"], out_dir=tmp_path)
+
+    test = results["test"]
+    assert test.count >= 370
+    assert test.top1 > 0.85
+    if recorded is not None:  # the shipped artifact reproduces what training measured
+        assert test.top1 == pytest.approx(recorded, abs=0.01)
+    assert test.top3 >= test.top1
+    assert all(item.support > 0 for item in test.per_class)
+    document = json.loads((tmp_path / "evaluation.json").read_text())
+    assert document["splits"]["test"]["top1"] == test.top1
+    wrong = test.count - round(test.top1 * test.count)
+    assert len(document["mistakes"]["test"]) == min(24, wrong)
