@@ -295,3 +295,39 @@ def test_handler_path_imports_neither_torch_nor_fastapi_nor_boto3(
     )
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout
+
+
+@pytest.mark.parametrize("preload", ["1", "0"])
+def test_preload_model_loads_during_import(tiny_bundle: Path, preload: str) -> None:
+    script = (
+        "import json, sys\n"
+        "from imgclf.serving.aws_lambda import model_store\n"
+        "import imgclf.serving.aws_lambda.handler\n"
+        "print('LOADED', bool(model_store._cache))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"MODEL_URI": str(tiny_bundle), "PRELOAD_MODEL": preload, "PATH": "/usr/bin:/bin"},
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"LOADED {preload == '1'}" in result.stdout
+    assert ('"event": "model_loaded"' in result.stdout) is (preload == "1")
+
+
+def test_preload_failure_is_logged_not_raised(tmp_path: Path) -> None:
+    script = "import imgclf.serving.aws_lambda.handler\nprint('IMPORTED')\n"
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"MODEL_URI": str(tmp_path / "absent"), "PRELOAD_MODEL": "1", "PATH": "/usr/bin:/bin"},
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "IMPORTED" in result.stdout
+    assert '"event": "preload_failed"' in result.stdout

@@ -8,9 +8,10 @@ One function serves every event source the function is wired to (see ``deploy/la
 - direct invocations with ``{"url": ...}`` or ``{"image": <base64>}`` -> the same JSON object;
 - S3 ``ObjectCreated`` notifications -> one JSON result per image written to S3.
 
-The model is loaded on the first invocation of an execution environment and kept for the next
-ones. Only numpy, Pillow, pydantic and ONNX Runtime are imported on the API path: no torch, no
-FastAPI, and boto3 only when S3 is used.
+The model is loaded on the first invocation of an execution environment (or while the module is
+imported, in Lambda's init phase, with ``PRELOAD_MODEL=1``) and kept for the next ones. Only
+numpy, Pillow, pydantic and ONNX Runtime are imported on the API path: no torch, no FastAPI, and
+boto3 only when S3 is used.
 """
 
 from __future__ import annotations
@@ -125,3 +126,20 @@ def fetch_image(url: str, settings: LambdaSettings) -> bytes:
 def get_logger_exception() -> None:
     """Log the exception being handled, with its traceback, as a JSON line."""
     jsonlog.get_logger().exception("unhandled error", extra={"event": "unhandled_error"})
+
+
+def preload_model() -> None:
+    """Load the model now if ``PRELOAD_MODEL=1``; a failure is logged and left to the first call.
+
+    Lambda imports the handler module during its init phase, before any event: with provisioned
+    concurrency that phase runs ahead of traffic, so the first request finds the model loaded.
+    """
+    try:
+        settings = LambdaSettings.from_env(os.environ)
+        if settings.preload_model:
+            get_model(settings)
+    except ImgclfError as exc:
+        log_event("preload_failed", level=logging.ERROR, error=str(exc))
+
+
+preload_model()

@@ -10,6 +10,8 @@ Variable               Meaning
                        per-artifact sha256s are always checked).
 ``MODEL_ARTIFACT``     Artifact to run: ``auto`` (int8 ONNX first), ``onnx-int8``, ``onnx``, ...
 ``MODEL_CACHE_DIR``    Where downloaded bundles go (default ``/tmp/imgclf-model``).
+``PRELOAD_MODEL``      ``1`` loads the model when the handler module is imported (the init phase,
+                       e.g. for provisioned concurrency) instead of on the first invocation.
 ``INFERENCE_THREADS``  ONNX Runtime intra-op threads (default: one per core Lambda gives).
 ``TOP_K``              Classes listed in ``top_k`` when the request does not say (default 5).
 ``OUTPUT_BUCKET``      Bucket for S3-event results (default: the bucket of the uploaded object).
@@ -42,6 +44,7 @@ class LambdaSettings:
     model_sha256: str | None = None
     model_artifact: str = "auto"
     model_cache_dir: str = DEFAULT_MODEL_CACHE_DIR
+    preload_model: bool = False
     inference_threads: int | None = None
     top_k: int = 5
     output_bucket: str | None = None
@@ -68,6 +71,7 @@ class LambdaSettings:
             model_sha256=sha,
             model_artifact=_text(environ, "MODEL_ARTIFACT") or "auto",
             model_cache_dir=_text(environ, "MODEL_CACHE_DIR") or DEFAULT_MODEL_CACHE_DIR,
+            preload_model=_flag(environ, "PRELOAD_MODEL"),
             inference_threads=_positive_int(environ, "INFERENCE_THREADS", None),
             top_k=_positive_int(environ, "TOP_K", 5) or 5,
             output_bucket=_text(environ, "OUTPUT_BUCKET"),
