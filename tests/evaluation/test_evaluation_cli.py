@@ -215,8 +215,15 @@ def test_predict_records_marks_unreadable_rows(tiny_bundle: Path, tmp_path: Path
     np.testing.assert_allclose(probs[[0, 2]].sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_default_report_location(tmp_path: Path) -> None:
-    assert default_out_dir(str(tmp_path / "b"), "m") == tmp_path / "b" / "evaluation"
+def test_report_goes_next_to_the_bundle_by_default(
+    tiny_bundle: Path, color_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--data", str(color_dataset / "test"), "--gallery-size", "0"]
+    code, stdout, _ = _evaluate(capsys, str(tiny_bundle / "manifest.json"), *argv)
+
+    assert code == 0
+    assert f"report: {tiny_bundle / 'evaluation' / 'report.html'}" in stdout
+    assert (tiny_bundle / "evaluation" / "evaluation.json").is_file()
     assert default_out_dir(None, "clothing") == Path("evaluation-clothing")
 
 
@@ -278,3 +285,27 @@ def test_pytorch_bundle_end_to_end(
     # argmax may flip on float noise between batch sizes.
     assert split["loss"] == pytest.approx(reference.loss, rel=1e-4)
     assert split["top1"] == pytest.approx(np.trace(split["confusion_matrix"]) / 36)
+
+
+def test_records_passed_in_directly(tiny_bundle: Path, tmp_path: Path) -> None:
+    from imgclf.errors import DatasetError
+
+    blue = tmp_path / "blue.png"
+    make_image(COLORS["blue"]).save(blue)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+
+    results = evaluate_bundle(
+        tiny_bundle,
+        {"mine": [ImageRecord(blue, 2), ImageRecord(bad, 0)]},
+        out_dir=tmp_path / "r",
+        gallery_size=0,
+    )
+
+    assert (results["mine"].count, results["mine"].top1) == (1, 1.0)
+    with pytest.raises(DatasetError, match="none of its 1 images could be read"):
+        evaluate_bundle(tiny_bundle, {"t": [ImageRecord(bad, 0)]}, out_dir=tmp_path / "r")
+    with pytest.raises(DatasetError, match=r"labels outside 0\.\.2"):
+        evaluate_bundle(tiny_bundle, {"t": [ImageRecord(blue, 5)]}, out_dir=tmp_path / "r")
+    with pytest.raises(DatasetError, match="has no images"):
+        evaluate_bundle(tiny_bundle, {"t": []}, out_dir=tmp_path / "r")

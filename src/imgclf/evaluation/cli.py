@@ -69,14 +69,14 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run_evaluate)
 
 
-def default_out_dir(bundle_arg: str | None, model_name: str) -> Path:
+def default_out_dir(bundle_root: Path | None, model_name: str) -> Path:
     """``BUNDLE/evaluation`` for a bundle given by path; ``./evaluation-<name>`` otherwise.
 
     The bundled model lives inside the installed package, which is no place for reports.
     """
-    if bundle_arg is None:
+    if bundle_root is None:
         return Path(f"evaluation-{model_name}")
-    return Path(bundle_arg) / "evaluation"
+    return bundle_root / "evaluation"
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -86,7 +86,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(args.bundle, verify=False)
     splits = [s.strip() for s in args.split.split(",") if s.strip()] if args.split else None
-    out_dir = args.out or default_out_dir(args.bundle, bundle.manifest.name)
+    given_root = bundle.root if args.bundle is not None else None
+    out_dir = args.out or default_out_dir(given_root, bundle.manifest.name)
     run = run_evaluation(
         bundle,
         args.data,

@@ -285,13 +285,16 @@ def run_evaluation(
     predictions: dict[str, SplitPredictions] = {}
     results: dict[str, SplitMetrics] = {}
     for name, records in evaluation_data.splits.items():
+        if not records:
+            raise DatasetError(f"split {name!r} has no images to evaluate")
         predictions[name] = runner.predict(
             records, batch_size=batch_size, split=name, progress=progress
         )
         if not predictions[name].records:
+            first = predictions[name].problems[0]
             raise DatasetError(
                 f"split {name!r}: none of its {len(records)} images could be read "
-                f"(first problem: {predictions[name].problems[0].reason if records else 'empty'})"
+                f"(first: {first.path}: {first.reason})"
             )
         results[name] = compute_metrics(
             predictions[name].probs, predictions[name].labels, loaded.labels
