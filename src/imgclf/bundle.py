@@ -200,6 +200,8 @@ def write_manifest(root: Path, manifest: Manifest) -> Path:
     target = root / MANIFEST_NAME
     text = manifest.model_dump_json(indent=2) + "\n"
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest.", suffix=".json")
+    # mkstemp creates 0600 files; bundles copied into images are read by unprivileged users.
+    os.fchmod(fd, 0o644)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
     Path(tmp).replace(target)

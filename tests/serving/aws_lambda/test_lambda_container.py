@@ -74,11 +74,9 @@ def runtime_api() -> Iterator[FakeRuntimeApi]:
 
 @pytest.fixture
 def readable_bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
-    """``tiny_bundle`` with world-readable files: the function runs as an unprivileged user."""
+    """``tiny_bundle`` in a world-readable folder (pytest's own are private); file modes kept."""
     target = shutil.copytree(tiny_bundle, tmp_path / "mounted-bundle")
     target.chmod(0o755)
-    for path in target.iterdir():
-        path.chmod(0o644)
     return target
 
 

@@ -190,3 +190,10 @@ def test_changed_settings_reload_the_model(monkeypatch: pytest.MonkeyPatch) -> N
     assert first is not second
     clear_model_cache()
     assert get_model(settings_for(monkeypatch)) is not second
+
+
+def test_bundle_files_are_readable_by_the_function_user(tiny_bundle: Path) -> None:
+    """Lambda runs the function as an unprivileged user: a bundle copied into an image as-is
+    (file modes preserved) must be world-readable."""
+    for path in tiny_bundle.iterdir():
+        assert path.stat().st_mode & 0o044 == 0o044, f"{path.name} is not world-readable"
