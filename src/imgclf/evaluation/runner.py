@@ -261,6 +261,26 @@ def _evaluation_data(
     return load_evaluation_data(source, bundle.labels, splits, training=bundle.manifest.training)
 
 
+def _predict_split(
+    runner: ModelRunner,
+    name: str,
+    records: Sequence[ImageRecord],
+    batch_size: int,
+    progress: bool,
+) -> SplitPredictions:
+    """Predict one split; a split with no readable image is an error, not an empty result."""
+    if not records:
+        raise DatasetError(f"split {name!r} has no images to evaluate")
+    predictions = runner.predict(records, batch_size=batch_size, split=name, progress=progress)
+    if not predictions.records:
+        first = predictions.problems[0]
+        raise DatasetError(
+            f"split {name!r}: none of its {len(records)} images could be read "
+            f"(first: {first.path}: {first.reason})"
+        )
+    return predictions
+
+
 def run_evaluation(
     bundle: Bundle | str | Path | None,
     data: DataSource,
@@ -282,23 +302,14 @@ def run_evaluation(
     loaded = _as_bundle(bundle)
     evaluation_data = _evaluation_data(data, loaded, splits)
     runner = ModelRunner.open(loaded, artifact, threads=threads)
-    predictions: dict[str, SplitPredictions] = {}
-    results: dict[str, SplitMetrics] = {}
-    for name, records in evaluation_data.splits.items():
-        if not records:
-            raise DatasetError(f"split {name!r} has no images to evaluate")
-        predictions[name] = runner.predict(
-            records, batch_size=batch_size, split=name, progress=progress
-        )
-        if not predictions[name].records:
-            first = predictions[name].problems[0]
-            raise DatasetError(
-                f"split {name!r}: none of its {len(records)} images could be read "
-                f"(first: {first.path}: {first.reason})"
-            )
-        results[name] = compute_metrics(
-            predictions[name].probs, predictions[name].labels, loaded.labels
-        )
+    predictions = {
+        name: _predict_split(runner, name, records, batch_size, progress)
+        for name, records in evaluation_data.splits.items()
+    }
+    results = {
+        name: compute_metrics(split.probs, split.labels, loaded.labels)
+        for name, split in predictions.items()
+    }
     report = write_report(
         out_dir,
         bundle_manifest=loaded.manifest,
