@@ -103,6 +103,21 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 index.models.add(name=name, version=str(version), state="READY")
         return index
 
+    def ModelStatistics(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """Inference statistics of one model version, or of every loaded one (no name)."""
+        response = service_pb2.ModelStatisticsResponse()
+        for model in self._models_for_stats(request.name, request.version, context):
+            statistics_message(model, response.model_stats.add())
+        return response
+
+    def _models_for_stats(
+        self, name: str, version: str, context: grpc.ServicerContext
+    ) -> list[ServedModel]:
+        if name:
+            return [self._get(name, version, context)]
+        repo = self._repository
+        return [repo.get(n, str(v)) for n in repo.model_names() for v in repo.versions(n)]
+
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         """Run inference on one request (dynamically batched with concurrent ones)."""
         model = self._get(request.model_name, request.model_version, context)
@@ -125,6 +140,26 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             return self._repository.get(name, version)
         except ImgclfError as exc:
             _abort(context, exc)
+
+
+def statistics_message(model: ServedModel, message: Any) -> None:
+    """Fill a V2 ``ModelStatistics`` message from a model's statistics."""
+    snap = model.stats.snapshot()
+    message.name = model.name
+    message.version = str(model.version)
+    message.last_inference = snap.last_inference_ms
+    message.inference_count = snap.inference_count
+    message.execution_count = snap.execution_count
+    infer = message.inference_stats
+    for target, source in (
+        (infer.success, snap.success),
+        (infer.fail, snap.fail),
+        (infer.compute_infer, snap.compute_infer),
+    ):
+        target.count, target.ns = source.count, source.ns
+    for size, duration in snap.batches.items():
+        batch = message.batch_stats.add(batch_size=size)
+        batch.compute_infer.count, batch.compute_infer.ns = duration.count, duration.ns
 
 
 def _abort(context: grpc.ServicerContext, exc: ImgclfError) -> NoReturn:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from imgclf.errors import BundleError, InputError
 from imgclf.export.triton import LABELS_PARAMETER, METADATA_NAME, PREPROCESSING_PARAMETER
 from imgclf.preprocessing import PreprocessConfig, normalize
 from imgclf.serving.model_server.batching import DynamicBatcher
+from imgclf.serving.model_server.stats import ModelStats
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class ServedModel:
         self.labels = labels
         self.preprocess = preprocess
         self._session = session
+        self.stats = ModelStats()
         node = session.get_inputs()[0]
         self.input_name: str = node.name
         self.output_name: str = session.get_outputs()[0].name
@@ -152,17 +155,32 @@ class ServedModel:
             InputError: Wrong input names, dtypes or shapes, a batch above ``max_batch_size``,
                 or an unknown output.
         """
-        batch = self._model_input(inputs)
-        logits = self._batcher.submit(batch)
-        wanted = requested or [RequestedOutput(meta.name) for meta in self.outputs]
-        return [self._output(logits, item) for item in wanted]
+        started = time.perf_counter_ns()
+        rows = 0
+        try:
+            batch = self._model_input(inputs)
+            rows = len(batch)
+            logits = self._batcher.submit(batch)
+            wanted = requested or [RequestedOutput(meta.name) for meta in self.outputs]
+            outputs = [self._output(logits, item) for item in wanted]
+        except BaseException:
+            self.stats.record_request(
+                ok=False, duration_ns=time.perf_counter_ns() - started, rows=rows
+            )
+            raise
+        self.stats.record_request(ok=True, duration_ns=time.perf_counter_ns() - started, rows=rows)
+        return outputs
 
     def close(self) -> None:
         """Finish pending requests and stop the batcher threads."""
         self._batcher.close()
 
     def _run_logits(self, batch: np.ndarray) -> np.ndarray:
+        started = time.perf_counter_ns()
         result = self._session.run([self.output_name], {self.input_name: batch})[0]
+        self.stats.record_execution(
+            batch_size=len(batch), duration_ns=time.perf_counter_ns() - started
+        )
         return np.asarray(result, dtype=np.float32)
 
     def _model_input(self, inputs: dict[str, np.ndarray]) -> np.ndarray:

@@ -7,6 +7,7 @@ Routes (``/versions/{v}`` is optional wherever a model is named)::
     GET  /v2/models/{m}                      model metadata
     GET  /v2/models/{m}/ready                200 when the model is loaded, 503 otherwise
     GET  /v2/models/{m}/config               the model's config.pbtxt as JSON (as Triton)
+    GET  /v2/models/{m}/stats                inference statistics (as Triton)
     POST /v2/models/{m}/infer                inference
 
 Tensors travel as JSON ``data`` or, with the binary tensor data extension that ``tritonclient``
@@ -25,7 +26,9 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from google.protobuf import json_format  # type: ignore[import-untyped]
 from starlette.concurrency import run_in_threadpool
+from tritonclient.grpc import service_pb2
 
 from imgclf import __version__
 from imgclf.errors import ImgclfError, InputError
@@ -33,6 +36,7 @@ from imgclf.serving.model_server.grpc_service import (
     DEFAULT_MAX_MESSAGE_BYTES,
     EXTENSIONS,
     SERVER_NAME,
+    statistics_message,
     tensor_bytes,
 )
 from imgclf.serving.model_server.model import V2_DTYPES, OutputTensor, RequestedOutput
@@ -83,11 +87,18 @@ def create_rest_app(
         return JSONResponse({"name": model, "ready": True})
 
     def model_config(model: str, version: str = "") -> dict[str, Any]:
-        from google.protobuf import json_format  # type: ignore[import-untyped]
-
         served = repository.get(model, version)
         result: dict[str, Any] = json_format.MessageToDict(
             served.config, preserving_proto_field_name=True
+        )
+        return result
+
+    def model_stats(model: str, version: str = "") -> dict[str, Any]:
+        served = repository.get(model, version)
+        response = service_pb2.ModelStatisticsResponse()
+        statistics_message(served, response.model_stats.add())
+        result: dict[str, Any] = json_format.MessageToDict(
+            response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
         return result
 
@@ -105,6 +116,7 @@ def create_rest_app(
         app.add_api_route(prefix, model_metadata, methods=["GET"])
         app.add_api_route(prefix + "/ready", model_ready, methods=["GET"])
         app.add_api_route(prefix + "/config", model_config, methods=["GET"])
+        app.add_api_route(prefix + "/stats", model_stats, methods=["GET"])
         app.add_api_route(prefix + "/infer", infer, methods=["POST"])
     return app
 
