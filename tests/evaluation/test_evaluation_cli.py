@@ -124,7 +124,7 @@ def test_other_folder_by_name(
 ) -> None:
     write_color_dataset(color_dataset, per_class=2, splits=("holdout",))
 
-    argv = ["--split", "holdout,test", "--out", str(tmp_path / "r"), "--gallery-size", "0"]
+    argv = ["--split", "holdout,Test", "--out", str(tmp_path / "r"), "--gallery-size", "0"]
     code, stdout, _ = _evaluate(capsys, str(tiny_bundle), "--data", str(color_dataset), *argv)
 
     assert code == 0

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.data import DatasetProblem, DatasetSplits, ImageRecord, load_dataset, load_folder
-from imgclf.data.layout import SPLIT_ORDER, find_layout, split_name
+from imgclf.data.layout import SPLIT_ALIASES, SPLIT_ORDER, find_layout, split_name
 from imgclf.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,14 @@ def from_records(
     return EvaluationData(root=None, splits={name: list(splits[name]) for name in names})
 
 
+def canonical_split(name: str) -> str:
+    """``val``/``valid`` -> ``validation``, ``training`` -> ``train``...; other names unchanged."""
+    for canonical, aliases in SPLIT_ALIASES.items():
+        if name.lower() in aliases:
+            return canonical
+    return name
+
+
 def _select(available: list[str], requested: Sequence[str] | None, where: str) -> list[str]:
     """Expand ``all``/None and check every requested split exists."""
     if requested is None:
@@ -144,6 +152,8 @@ def load_evaluation_data(
         DatasetError: The folder is missing or unusable, a split is missing, or it holds classes
             the model does not know.
     """
+    if requested is not None:
+        requested = [canonical_split(name) for name in requested]
     layout = find_layout(data)
     if layout.split_dirs and _carves_validation(layout.split_dirs, requested):
         return _carved(layout.root, labels, requested or (), training or {})
