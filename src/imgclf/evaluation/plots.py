@@ -102,6 +102,8 @@ def stage_spans(history: Sequence[Mapping[str, Any]]) -> list[tuple[str, int, in
 
 def plot_training_curves(history: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Loss and accuracy per epoch, train and validation, with the training stages shaded."""
+    from matplotlib.ticker import MaxNLocator
+
     epochs = np.arange(1, len(history) + 1)
     figure = _figure(10.0, 4.0)
     loss_axes, acc_axes = figure.subplots(1, 2)
@@ -113,6 +115,7 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: Path) -> Pa
                 name = "train" if split == "train" else "validation"
                 axes.plot(epochs, values, style, markersize=3, label=name)
         _shade_stages(axes, history)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("epoch (all stages)")
         axes.set_ylabel(label)
         axes.grid(alpha=0.3)
@@ -142,7 +145,7 @@ def _shade_stages(axes: Axes, history: Sequence[Mapping[str, Any]]) -> None:
 def plot_per_class_f1(results: Mapping[str, SplitMetrics], path: Path) -> Path:
     """Horizontal bars of each class's F1, one bar per split."""
     names = next(iter(results.values())).class_names
-    figure = _figure(7.0, max(3.0, 0.35 * len(names) * max(1, len(results)) + 1.2))
+    figure = _figure(7.0, max(3.0, 0.22 * len(names) * len(results) + 0.25 * len(names) + 1.0))
     axes = figure.subplots()
     height = 0.8 / len(results)
     positions = np.arange(len(names))
