@@ -70,7 +70,7 @@ COPY --from=repository /models /models
 USER 10001:10001
 WORKDIR /home/imgclf
 EXPOSE 8000 8001
-HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=10s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4)"]
 ENTRYPOINT ["imgclf", "model-server"]
 CMD ["--repository", "/models", "--host", "0.0.0.0", "--http-port", "8000", "--grpc-port", "8001"]

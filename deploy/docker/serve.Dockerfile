@@ -61,6 +61,6 @@ WORKDIR /home/imgclf
 ENV IMGCLF_HOST=0.0.0.0 \
     IMGCLF_PORT=8000
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=10s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('IMGCLF_PORT', '8000')}/ready\", timeout=4)"]
 ENTRYPOINT ["imgclf", "serve"]
