@@ -57,11 +57,13 @@ COPY --from=venv /opt/venv /opt/venv
 
 # ---- repository: the bundled model as a Triton model repository --------------------------------
 FROM runtime AS repository
-# onnx (fp32) or onnx-int8, if the bundle has it.
-ARG MODEL_ARTIFACT=onnx
-RUN python -c "import sys; from imgclf.bundle import default_bundle_path; \
-from imgclf.export.triton import export_triton_repository as export; \
-print(export(default_bundle_path(), '/models', artifact=sys.argv[1]))" "${MODEL_ARTIFACT}" \
+# auto: the bundle's int8 ONNX model if it has one (what `imgclf serve` runs too), else fp32.
+ARG MODEL_ARTIFACT=auto
+RUN python -c "import sys; from imgclf.bundle import load_bundle; \
+from imgclf.export.triton import export_triton_repository; \
+bundle = load_bundle(); kind = sys.argv[1]; \
+kind = ('onnx-int8' if 'onnx-int8' in bundle.manifest.artifacts else 'onnx') if kind == 'auto' else kind; \
+print(export_triton_repository(bundle, '/models', artifact=kind), kind)" "${MODEL_ARTIFACT}" \
     && chmod -R a+rX,go-w /models
 
 # ---- model server ---------------------------------------------------------------------------------
