@@ -82,7 +82,9 @@ def resolve_bundle(requested: Path | None, workdir: Path) -> tuple[Path, str]:
     for candidate in (default_bundle_path(), Path("/work/runs/clothing-lite0")):
         if has_onnx(candidate):
             return candidate, str(candidate)
-    return build_lite0_bundle(workdir / "lite0"), "EfficientNet-Lite0 ONNX built for this run"
+    return build_lite0_bundle(workdir / "lite0"), (
+        "EfficientNet-Lite0 ONNX built for this run (ImageNet backbone, untrained 10-class head)"
+    )
 
 
 def build_lite0_bundle(root: Path) -> Path:
@@ -275,7 +277,8 @@ def main() -> None:
             f"after the run: embedded {memory['embedded']:.0f} MB; gateway "
             f"{memory['gateway']:.0f} MB + model server {memory['model-server']:.0f} MB. "
             "The gateway sends uint8 tensors (150 KB per 224 px image, 4x less than float32). "
-            f"Machine load average (1 min) before/after: {load_before:.1f}/{load_after:.1f}.",
+            f"Machine load average (1 min) before/after: {load_before:.1f}/{load_after:.1f}; "
+            "compare the two modes within a run, not absolute numbers across runs.",
         ]
     )
     print(report)
