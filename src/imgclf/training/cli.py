@@ -1,0 +1,130 @@
+"""``imgclf train``: the command-line face of :func:`imgclf.training.trainer.train`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+_DEFAULTS: dict[str, Any] = {
+    "backbone": "tf_efficientnet_lite0",
+    "epochs": 8,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "freeze_blocks": 2,
+    "patience": 3,
+    "seed": 0,
+    "workers": 4,
+    "augment": "trivial",
+}
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train`` command."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train a classifier on folders of labelled photos",
+        description=(
+            "Transfer learning from ImageNet: fits a head on cached features of the frozen "
+            "backbone, then fine-tunes, keeping the best epoch on validation. Writes a model "
+            "bundle (manifest.json, model.pt, history.json) and an evaluation report."
+        ),
+    )
+    parser.add_argument(
+        "data", help="dataset folder (train/validation/test or one folder per class)"
+    )
+    parser.add_argument("-o", "--out", default="runs/model", help="bundle folder to write")
+    parser.add_argument(
+        "--backbone",
+        default=_DEFAULTS["backbone"],
+        help="lite0, lite1, lite2 or any timm model name",
+    )
+    parser.add_argument(
+        "--no-pretrained",
+        dest="pretrained",
+        action="store_false",
+        help="start from random weights instead of ImageNet",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=_DEFAULTS["epochs"],
+        help="maximum fine-tuning epochs (0: head only)",
+    )
+    parser.add_argument("--batch-size", type=int, default=_DEFAULTS["batch_size"])
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="evaluation/serving input size (default: the backbone's)",
+    )
+    parser.add_argument(
+        "--train-size",
+        type=int,
+        default=None,
+        help="fine-tuning input size (default: 80%% of --image-size)",
+    )
+    parser.add_argument("--lr", type=float, default=_DEFAULTS["lr"], help="peak learning rate")
+    parser.add_argument("--freeze-blocks", type=int, default=_DEFAULTS["freeze_blocks"])
+    parser.add_argument(
+        "--augment", choices=("trivial", "light", "none"), default=_DEFAULTS["augment"]
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=_DEFAULTS["patience"],
+        help="early stopping: epochs without a better validation score",
+    )
+    parser.add_argument("--seed", type=int, default=_DEFAULTS["seed"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--workers", type=int, default=_DEFAULTS["workers"], help="image decoding threads"
+    )
+    parser.add_argument(
+        "--no-bf16", dest="bf16", action="store_false", help="disable bfloat16 feature extraction"
+    )
+    parser.add_argument("--name", default=None, help="model name (default: the dataset folder)")
+    parser.add_argument("--version", dest="model_version", default="1", help="model version")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint.pt"
+    )
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="EPOCHS",
+        help="stop after this many epochs in this run (continue later with --resume)",
+    )
+    parser.add_argument(
+        "--no-report", dest="report", action="store_false", help="skip the evaluation report"
+    )
+    parser.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Handle ``imgclf train``."""
+    from imgclf.training.recipe import TrainConfig
+    from imgclf.training.trainer import train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    options = {k: v for k, v in vars(args).items() if k in fields}
+    config = TrainConfig(**options, version=args.model_version)
+    result = train(
+        args.data,
+        args.out,
+        config,
+        resume=args.resume,
+        report=args.report,
+        stop_after=args.stop_after,
+    )
+    if result is None:
+        print(f"stopped after {args.stop_after} epoch(s); continue with --resume")
+        return 0
+    print(f"bundle: {result.bundle.root}")
+    print(f"{'split':<12}{'top1':>8}{'top3':>8}{'loss':>8}")
+    for split, metrics in result.metrics.items():
+        print(f"{split:<12}{metrics['top1']:>8.4f}{metrics['top3']:>8.4f}{metrics['loss']:>8.4f}")
+    print(f"training time: {result.seconds / 60:.1f} min")
+    if result.report is not None:
+        print(f"report: {result.report}")
+    return 0

@@ -1,0 +1,129 @@
+"""Head stage: fit the classifier on cached features of the frozen backbone.
+
+Embedding the training set once and fitting a linear head on the cached features takes seconds,
+where training the head through the network would take epochs. Starting fine-tuning from a good
+head (rather than a random one) keeps the early, large gradients from damaging the pretrained
+features ("linear probe, then fine-tune").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from imgclf.preprocessing import PreprocessConfig
+from imgclf.training.images import to_model_input
+
+log = logging.getLogger(__name__)
+
+#: Weight decays tried for the linear head; the best on validation wins.
+HEAD_WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2)
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[None]:
+    """bfloat16 autocast where it is fast (CUDA, or CPUs with AVX-512 BF16/AMX), else a no-op."""
+    if not enabled:
+        return contextlib.nullcontext()
+    if device.type == "cpu" and not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _batches(total: int, size: int) -> Iterator[slice]:
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))
+
+
+@torch.inference_mode()
+def embed(
+    model: nn.Module,
+    pixels: np.ndarray,
+    config: PreprocessConfig,
+    *,
+    device: torch.device,
+    batch_size: int = 64,
+    bf16: bool = True,
+    flip: bool = False,
+    desc: str = "embedding",
+) -> torch.Tensor:
+    """Pooled pre-logit features of uint8 ``(N, H, W, 3)`` pixels, float32 ``(N, D)``."""
+    net: Any = model.eval()  # timm's forward_features/forward_head are untyped
+    chunks = []
+    for part in tqdm(list(_batches(len(pixels), batch_size)), desc=desc, leave=False):
+        batch = torch.from_numpy(pixels[part])
+        if flip:
+            batch = batch.flip(2)
+        inputs = to_model_input(batch, config).to(device)
+        with autocast(device, bf16):
+            features = net.forward_head(net.forward_features(inputs), pre_logits=True)
+        chunks.append(features.float().cpu())
+    return torch.cat(chunks) if chunks else torch.zeros((0, 0))
+
+
+@dataclass
+class HeadFit:
+    """A fitted linear head and how well it did on validation."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    weight_decay: float
+    val_accuracy: float
+    val_loss: float
+
+
+def _fit_linear(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    weight_decay: float,
+    label_smoothing: float,
+    steps: int = 300,
+) -> nn.Linear:
+    torch.manual_seed(0)
+    head = nn.Linear(features.shape[1], num_classes)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = loss_fn(head(features), labels) + weight_decay * head.weight.pow(2).sum()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return head
+
+
+def fit_head(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    val_features: torch.Tensor,
+    val_labels: torch.Tensor,
+    num_classes: int,
+    label_smoothing: float,
+) -> HeadFit:
+    """Fit a linear head for each candidate weight decay; keep the best on validation."""
+    mean = train_features.mean(0)
+    best: HeadFit | None = None
+    for decay in HEAD_WEIGHT_DECAYS:
+        head = _fit_linear(train_features - mean, train_labels, num_classes, decay, label_smoothing)
+        with torch.no_grad():
+            logits = head(val_features - mean)
+            accuracy = float((logits.argmax(1) == val_labels).float().mean())
+            loss = float(nn.functional.cross_entropy(logits, val_labels))
+            # Fold the feature centring into the bias so the head applies to raw features.
+            bias = head.bias - head.weight @ mean
+        log.info("head wd=%g: val top1 %.4f loss %.4f", decay, accuracy, loss)
+        if best is None or (accuracy, -loss) > (best.val_accuracy, -best.val_loss):
+            best = HeadFit(
+                head.weight.detach().clone(), bias.detach().clone(), decay, accuracy, loss
+            )
+    assert best is not None
+    return best

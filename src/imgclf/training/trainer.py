@@ -1,0 +1,422 @@
+"""``train``: folders of photos in, a verified model bundle (and a report) out.
+
+The run is resumable: after every fine-tuning epoch the full state (weights, optimiser, schedule
+position, best weights so far, history and random-number generators) is written atomically to
+``<out>/checkpoint.pt``; ``resume=True`` continues from it and finishes exactly as an
+uninterrupted run with the same seed would.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgclf.bundle import Bundle, Manifest, load_bundle
+from imgclf.data import DatasetSplits, load_dataset
+from imgclf.errors import ConfigError, DatasetError
+from imgclf.preprocessing import PreprocessConfig
+from imgclf.training.finetune import (
+    FinetuneState,
+    freeze_early,
+    param_groups,
+    predict_probs,
+    train_epoch,
+)
+from imgclf.training.head import embed, fit_head
+from imgclf.training.images import Augmenter, DecodedSplit, decode_split
+from imgclf.training.models import create_model, default_preprocess_config
+from imgclf.training.recipe import TrainConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+HISTORY_NAME = "history.json"
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    bundle: Bundle
+    metrics: dict[str, dict[str, float]]
+    seconds: float
+    report: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device() -> torch.device:
+    """A GPU when one is present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Prepared:
+    """Decoded data and settings shared by both stages."""
+
+    dataset: DatasetSplits
+    preprocess: PreprocessConfig
+    train_size: int
+    splits: dict[str, DecodedSplit]
+    device: torch.device
+
+
+def prepare(data: str | Path | DatasetSplits, config: TrainConfig) -> Prepared:
+    """Load and check the dataset, then decode every split once."""
+    if isinstance(data, DatasetSplits):
+        dataset = data
+    else:
+        dataset = load_dataset(
+            data,
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction,
+            seed=config.seed,
+        )
+    for split in ("train", "validation"):
+        if not dataset.splits.get(split):
+            raise DatasetError(f"{dataset.root}: no usable {split} images; training needs both")
+    preprocess = default_preprocess_config(config.backbone, config.image_size)
+    decoded = {
+        name: decode_split(
+            [r.path for r in records],
+            [r.label for r in records],
+            preprocess,
+            keep_train_images=name == "train",
+            workers=config.workers,
+        )
+        for name, records in dataset.splits.items()
+    }
+    train_size = config.resolved_train_size(preprocess.input_size)
+    return Prepared(dataset, preprocess, train_size, decoded, pick_device())
+
+
+def _head_stage(model: nn.Module, prep: Prepared, config: TrainConfig) -> dict[str, Any]:
+    train, val = prep.splits["train"], prep.splits["validation"]
+    started = time.perf_counter()
+    device, bf16 = prep.device, config.bf16
+    train_features = torch.cat(
+        [
+            embed(model, train.eval_pixels, prep.preprocess, device=device, bf16=bf16),
+            embed(model, train.eval_pixels, prep.preprocess, device=device, bf16=bf16, flip=True),
+        ]
+    )
+    train_labels = torch.from_numpy(np.concatenate([train.labels, train.labels]))
+    val_features = embed(model, val.eval_pixels, prep.preprocess, device=device, bf16=bf16)
+    fit = fit_head(
+        train_features,
+        train_labels,
+        val_features,
+        torch.from_numpy(val.labels),
+        len(prep.dataset.classes),
+        config.label_smoothing,
+    )
+    classifier: Any = model.get_classifier()  # type: ignore[operator]
+    with torch.no_grad():
+        classifier.weight.copy_(fit.weight)
+        classifier.bias.copy_(fit.bias)
+        train_logits = train_features @ fit.weight.T + fit.bias
+        train_acc = float((train_logits.argmax(1) == train_labels).float().mean())
+        train_loss = float(nn.functional.cross_entropy(train_logits, train_labels))
+    return {
+        "epoch": 0,
+        "stage": "head",
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "val_loss": fit.val_loss,
+        "val_acc": fit.val_accuracy,
+        "lr": 1e-2,
+        "weight_decay": fit.weight_decay,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _validate(model: nn.Module, prep: Prepared) -> tuple[float, float]:
+    val = prep.splits["validation"]
+    probs = predict_probs(model, val.eval_pixels, prep.preprocess, prep.device, desc="validating")
+    picked = probs[np.arange(len(val.labels)), val.labels]
+    loss = float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
+    return float((probs.argmax(1) == val.labels).mean()), loss
+
+
+def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
+
+
+@dataclass
+class LoopState:
+    """Progress of the fine-tuning loop; what a checkpoint restores."""
+
+    epoch: int = 0
+    best_score: tuple[float, float] = (-1.0, 0.0)
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch: int = 0
+    stale_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _finetune(
+    model: nn.Module,
+    prep: Prepared,
+    config: TrainConfig,
+    loop: LoopState,
+    checkpoint: Path,
+    resumed: dict[str, Any] | None,
+    stop_after: int | None = None,
+) -> LoopState:
+    frozen = freeze_early(model, config.freeze_blocks)
+    optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.lr)
+    train = prep.splits["train"]
+    steps_per_epoch = max(1, len(train) // config.batch_size)
+    rng = np.random.default_rng(config.seed)
+    state = FinetuneState(
+        config=config,
+        preprocess=prep.preprocess,
+        augmenter=Augmenter(prep.train_size, config.augment, config.crop_scale),
+        frozen=frozen,
+        device=prep.device,
+        rng=rng,
+        total_steps=steps_per_epoch * config.epochs,
+        warmup_steps=round(steps_per_epoch * config.warmup_epochs),
+    )
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        state.step = resumed["step"]
+        rng.bit_generator.state = resumed["rng"]["numpy"]
+        torch.set_rng_state(resumed["rng"]["torch"])
+    target = config.epochs if stop_after is None else min(config.epochs, loop.epoch + stop_after)
+    while loop.epoch < target and loop.stale_epochs < config.patience:
+        epoch = loop.epoch + 1
+        stats = train_epoch(
+            model,
+            optimizer,
+            train.train_images,
+            train.labels,
+            state,
+            f"epoch {epoch}/{config.epochs}",
+        )
+        val_acc, val_loss = _validate(model, prep)
+        loop.history.append(
+            {
+                "epoch": epoch,
+                "stage": "finetune",
+                "train_loss": stats.loss,
+                "train_acc": stats.accuracy,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "lr": stats.lr,
+                "seconds": stats.seconds,
+            }
+        )
+        log.info(
+            "epoch %d: train %.4f/%.3f val %.4f/%.3f (%.0fs)",
+            epoch,
+            stats.loss,
+            stats.accuracy,
+            val_loss,
+            val_acc,
+            stats.seconds,
+        )
+        loop.epoch = epoch
+        if (val_acc, -val_loss) > loop.best_score:
+            loop.best_score = (val_acc, -val_loss)
+            loop.best_state = copy.deepcopy(model.state_dict())
+            loop.best_epoch, loop.stale_epochs = epoch, 0
+        else:
+            loop.stale_epochs += 1
+        _save_checkpoint(
+            checkpoint,
+            {
+                "config": config.to_dict(),
+                "labels": prep.dataset.classes,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": state.step,
+                "rng": _rng_state(rng),
+                "loop": loop.__dict__,
+            },
+        )
+    return loop
+
+
+def _load_checkpoint(path: Path, config: TrainConfig, labels: list[str]) -> dict[str, Any]:
+    payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    saved = payload["config"]
+    for key in ("backbone", "image_size", "train_size", "freeze_blocks", "batch_size", "seed"):
+        if saved.get(key) != getattr(config, key):
+            raise ConfigError(
+                f"{path}: cannot resume, {key} was {saved.get(key)!r} and is now "
+                f"{getattr(config, key)!r}; use the original settings or a new output folder"
+            )
+    if payload["labels"] != labels:
+        raise ConfigError(f"{path}: cannot resume, the dataset's classes changed")
+    return payload
+
+
+def _final_metrics(model: nn.Module, prep: Prepared) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics and predictions per split with the serving preprocessing, in fp32."""
+    from imgclf.data import ImageRecord
+    from imgclf.evaluation import SplitPredictions, compute_metrics
+
+    results: dict[str, Any] = {}
+    predictions: dict[str, Any] = {}
+    for name, split in prep.splits.items():
+        probs = predict_probs(model, split.eval_pixels, prep.preprocess, prep.device, desc=name)
+        results[name] = compute_metrics(probs, split.labels, prep.dataset.classes)
+        records = [ImageRecord(p, int(y)) for p, y in zip(split.paths, split.labels, strict=True)]
+        predictions[name] = SplitPredictions(records, probs)
+    return results, predictions
+
+
+def _write_bundle(
+    out: Path,
+    model: nn.Module,
+    prep: Prepared,
+    config: TrainConfig,
+    training: dict[str, Any],
+    metrics: dict[str, dict[str, float]],
+) -> Bundle:
+    name = config.name or prep.dataset.root.name
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    model_path = out / "model.pt"
+    torch.save(state, model_path)
+    manifest = Manifest(
+        name=name,
+        version=config.version,
+        backbone=config.backbone,
+        labels=prep.dataset.classes,
+        preprocessing=prep.preprocess.to_dict(),
+        metrics=metrics,
+        dataset=prep.dataset.summary(prep.dataset.root.name),
+        training=training,
+    )
+    bundle = Bundle(root=out, manifest=manifest)
+    bundle.add_artifact("pytorch", model_path, format="pytorch", precision="fp32")
+    return bundle
+
+
+def train(
+    data: str | Path | DatasetSplits,
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    report: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult | None:
+    """Train a classifier on a folder-per-class dataset and write a bundle to ``out_dir``.
+
+    Args:
+        data: Dataset root (see :func:`imgclf.data.load_dataset`) or a loaded dataset.
+        out_dir: Bundle directory to write (``manifest.json``, ``model.pt``, ``history.json``,
+            ``report/``).
+        config: The recipe; defaults to :class:`TrainConfig`'s defaults.
+        resume: Continue an interrupted run from ``out_dir/checkpoint.pt``.
+        report: Also write the evaluation report (plots, per-class figures, mistakes).
+        stop_after: Stop after this many fine-tuning epochs in this call, leaving the checkpoint
+            for a later ``resume=True`` (time-boxed runs, e.g. on preemptible machines).
+
+    Returns:
+        The bundle, its metrics per split, and timings; None when ``stop_after`` stopped the run
+        before it finished.
+
+    Raises:
+        DatasetError: The data cannot be used for training.
+        ConfigError: Bad settings, or a checkpoint that does not match them.
+        WeightsUnavailableError: Pretrained weights cannot be loaded.
+    """
+    config = config or TrainConfig()
+    started = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    timings: dict[str, float] = {}
+    prep = prepare(data, config)
+    timings["load_and_decode_s"] = time.perf_counter() - started
+    labels = prep.dataset.classes
+    model_kwargs = {"drop_rate": config.drop_rate, "drop_path_rate": config.drop_path_rate}
+    model = create_model(config.backbone, len(labels), pretrained=config.pretrained, **model_kwargs)
+    model = model.to(prep.device).to(memory_format=torch.channels_last)
+    checkpoint = out / CHECKPOINT_NAME
+    loop, resumed = LoopState(), None
+    if resume:
+        if not checkpoint.is_file():
+            raise ConfigError(f"nothing to resume: {checkpoint} does not exist")
+        resumed = _load_checkpoint(checkpoint, config, labels)
+        model.load_state_dict(resumed["model"])
+        loop = LoopState(**resumed["loop"])
+    else:
+        mark = time.perf_counter()
+        head = _head_stage(model, prep, config)
+        timings["head_s"] = time.perf_counter() - mark
+        loop.history.append(head)
+        loop.best_score = (head["val_acc"], -head["val_loss"])
+        loop.best_state = copy.deepcopy(model.state_dict())
+    mark = time.perf_counter()
+    loop = _finetune(model, prep, config, loop, checkpoint, resumed, stop_after)
+    timings["finetune_s"] = time.perf_counter() - mark
+    if loop.epoch < config.epochs and loop.stale_epochs < config.patience:
+        log.info("stopped after epoch %d; continue with resume=True", loop.epoch)
+        return None
+    if loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
+    mark = time.perf_counter()
+    results, predictions = _final_metrics(model, prep)
+    timings["final_eval_s"] = time.perf_counter() - mark
+    timings["total_s"] = time.perf_counter() - started
+    metrics = {name: result.summary() for name, result in results.items()}
+    training = {
+        **config.to_dict(),
+        "model_kwargs": model_kwargs,
+        "train_size": prep.train_size,
+        "best_epoch": loop.best_epoch,
+        "epochs_run": loop.epoch,
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+        "device": str(prep.device),
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+    }
+    bundle = _write_bundle(out, model, prep, config, training, metrics)
+    (out / HISTORY_NAME).write_text(json.dumps(loop.history, indent=2) + "\n", encoding="utf-8")
+    checkpoint.unlink(missing_ok=True)
+    report_path = None
+    if report:
+        from imgclf.evaluation import write_report
+
+        report_path = write_report(
+            out / "report",
+            bundle_manifest=bundle.manifest,
+            results=results,
+            predictions=predictions,
+            history=loop.history,
+            artifact="pytorch",
+            data_root=prep.dataset.root,
+            problems=prep.dataset.problems,
+        )
+    return TrainResult(load_bundle(out), metrics, timings["total_s"], report_path, timings)

@@ -1,0 +1,204 @@
+"""Training end to end on generated colour images: bundle, report, errors, resume, seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imgclf.bundle import load_bundle
+from imgclf.cli import main
+from imgclf.errors import ConfigError, DatasetError, WeightsUnavailableError
+from imgclf.training.models import create_model, load_torch_model
+from imgclf.training.recipe import TrainConfig
+from imgclf.training.trainer import TrainResult, train
+
+# Small, fast settings: 64-px inputs, a couple of epochs, tiny batches.
+FAST = {"image_size": 64, "batch_size": 8, "epochs": 2, "workers": 2, "threads": 2}
+
+
+def _train(data: Path, out: Path, **overrides: object) -> TrainResult:
+    result = train(data, out, TrainConfig(**{**FAST, **overrides}), report=False)
+    assert result is not None
+    return result
+
+
+def test_train_writes_a_verified_bundle_and_report(color_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    result = train(color_dataset, out, TrainConfig(**FAST, name="colors"))
+    assert result is not None
+    bundle = load_bundle(out)  # checksums verified
+    manifest = bundle.manifest
+    assert manifest.name == "colors"
+    assert manifest.labels == ["blue", "green", "red"]
+    assert manifest.backbone == "tf_efficientnet_lite0"
+    assert manifest.preprocess_config.input_size == 64
+    assert set(manifest.metrics) == {"train", "validation", "test"}
+    assert manifest.metrics["test"]["top1"] == pytest.approx(1.0)
+    assert manifest.dataset is not None
+    assert manifest.dataset.counts["train"] == {"blue": 12, "green": 12, "red": 12}
+    assert manifest.training["model_kwargs"] == {"drop_rate": 0.2, "drop_path_rate": 0.1}
+    history = json.loads((out / "history.json").read_text())
+    assert [row["stage"] for row in history] == ["head", "finetune", "finetune"]
+    assert not (out / "checkpoint.pt").exists()
+    report = (out / "report" / "report.html").read_text()
+    assert "colors" in report
+    # The saved weights reproduce the recorded test accuracy through the serving preprocessing.
+    model = load_torch_model(bundle)
+    from imgclf.preprocessing import preprocess_batch
+
+    test_dir = color_dataset / "test"
+    paths = sorted(test_dir.glob("*/*.jpg"))
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(preprocess_batch(paths, bundle.preprocess_config)))
+    predicted = [bundle.labels[i] for i in logits.argmax(1).tolist()]
+    assert predicted == [p.parent.name for p in paths]
+
+
+def test_corrupt_images_are_reported_and_skipped(color_dataset: Path, tmp_path: Path) -> None:
+    (color_dataset / "train" / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    (color_dataset / "train" / "green" / "empty.jpg").write_bytes(b"")
+    result = _train(color_dataset, tmp_path / "out", epochs=1)
+    dataset = result.bundle.manifest.dataset
+    assert dataset is not None
+    assert dataset.skipped.get("train") == 2
+    assert dataset.counts["train"]["red"] == 12
+
+
+def test_single_folder_dataset_is_split(tmp_path: Path) -> None:
+    from conftest import write_color_dataset
+
+    root = write_color_dataset(tmp_path / "flat", per_class=15, splits=("",))
+    result = _train(root, tmp_path / "out", epochs=1)
+    assert set(result.metrics) == {"train", "validation", "test"}
+
+
+def test_resume_finishes_like_an_uninterrupted_run(color_dataset: Path, tmp_path: Path) -> None:
+    full = _train(color_dataset, tmp_path / "full")
+    config = TrainConfig(**FAST)
+    assert train(color_dataset, tmp_path / "split", config, report=False, stop_after=1) is None
+    assert (tmp_path / "split" / "checkpoint.pt").is_file()
+    resumed = train(color_dataset, tmp_path / "split", config, report=False, resume=True)
+    assert resumed is not None
+    first = torch.load(full.bundle.artifact_path("pytorch"), weights_only=True)
+    second = torch.load(resumed.bundle.artifact_path("pytorch"), weights_only=True)
+    for key, value in first.items():
+        torch.testing.assert_close(second[key], value, msg=key)
+    full_history = json.loads((tmp_path / "full" / "history.json").read_text())
+    resumed_history = json.loads((tmp_path / "split" / "history.json").read_text())
+    assert [r["train_loss"] for r in resumed_history] == pytest.approx(
+        [r["train_loss"] for r in full_history]
+    )
+
+
+def test_same_seed_same_model(color_dataset: Path, tmp_path: Path) -> None:
+    one = _train(color_dataset, tmp_path / "one", epochs=1, seed=3)
+    two = _train(color_dataset, tmp_path / "two", epochs=1, seed=3)
+    assert one.bundle.manifest.metrics == two.bundle.manifest.metrics
+    a = torch.load(one.bundle.artifact_path("pytorch"), weights_only=True)
+    b = torch.load(two.bundle.artifact_path("pytorch"), weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_changed_settings(color_dataset: Path, tmp_path: Path) -> None:
+    assert train(color_dataset, tmp_path / "run", TrainConfig(**FAST), stop_after=1) is None
+    changed = TrainConfig(**{**FAST, "batch_size": 4})
+    with pytest.raises(ConfigError, match="batch_size was 8"):
+        train(color_dataset, tmp_path / "run", changed, resume=True)
+
+
+def test_resume_without_checkpoint(color_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        train(color_dataset, tmp_path / "none", TrainConfig(**FAST), resume=True)
+
+
+def test_dataset_without_validation_images_is_refused(tmp_path: Path) -> None:
+    from conftest import write_color_dataset
+
+    root = write_color_dataset(tmp_path / "data", per_class=1, splits=("train",))
+    with pytest.raises(DatasetError):
+        train(root, tmp_path / "out", TrainConfig(**FAST))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"epochs": -1}, "epochs"),
+        ({"batch_size": 1}, "batch_size"),
+        ({"augment": "extreme"}, "augment"),
+        ({"image_size": 8}, "image sizes"),
+        ({"layer_decay": 0}, "layer_decay"),
+    ],
+)
+def test_bad_settings_are_explained(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**options)  # type: ignore[arg-type]
+
+
+def test_unknown_backbone() -> None:
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        create_model("no-such-net", 3)
+
+
+def test_unreachable_weights_give_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError, match="cannot load pretrained weights"):
+        create_model("resnet10t", 3, pretrained=True)
+
+
+@pytest.mark.parametrize("alias", ["lite0", "lite1", "lite2"])
+def test_offline_weights_load_for_every_lite_backbone(alias: str) -> None:
+    model = create_model(alias, 5)
+    assert model.get_classifier().out_features == 5
+    # ImageNet weights, not a fresh init: the stem's batch-norm statistics are not the defaults.
+    assert not torch.allclose(model.bn1.running_var, torch.ones_like(model.bn1.running_var))
+
+
+def test_cli_train_prints_metrics(
+    color_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cli"
+    code = main(
+        [
+            "train",
+            str(color_dataset),
+            "-o",
+            str(out),
+            "--image-size",
+            "64",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--threads",
+            "2",
+            "--no-report",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "test" in printed and "bundle:" in printed
+    assert load_bundle(out).manifest.metrics["test"]["top1"] == pytest.approx(1.0)
+
+
+def test_cli_reports_errors_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["train", str(tmp_path / "missing"), "-o", str(tmp_path / "out")])
+    assert code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_eval_pixels_match_serving_preprocessing(color_dataset: Path) -> None:
+    from imgclf.preprocessing import PreprocessConfig, load_pixels
+    from imgclf.training.images import decode_split
+
+    config = PreprocessConfig(input_size=64)
+    paths = sorted((color_dataset / "test").glob("*/*.jpg"))[:4]
+    decoded = decode_split(paths, [0] * 4, config, keep_train_images=True, workers=2)
+    expected = np.stack([load_pixels(p, config) for p in paths])
+    np.testing.assert_array_equal(decoded.eval_pixels, expected)
+    assert all(min(img.shape[:2]) == config.resize_size for img in decoded.train_images)
