@@ -97,6 +97,17 @@ def test_missing_artifact_says_how_to_create_it(tiny_bundle: Path, tmp_path: Pat
         export_triton_repository(tiny_bundle, tmp_path / "repo", artifact="onnx-int8")
 
 
+def test_auto_prefers_int8_when_the_bundle_has_it(tiny_bundle: Path, tmp_path: Path) -> None:
+    export_triton_repository(tiny_bundle, tmp_path / "a", artifact="auto")
+    assert json.loads((tmp_path / "a" / "colors" / "imgclf.json").read_text())["artifact"] == "onnx"
+    bundle = load_bundle(tiny_bundle)
+    (tiny_bundle / "model.int8.onnx").write_bytes((tiny_bundle / "model.onnx").read_bytes())
+    bundle.add_artifact("onnx-int8", tiny_bundle / "model.int8.onnx", format="onnx")
+    export_triton_repository(tiny_bundle, tmp_path / "b", artifact="auto")
+    meta = json.loads((tmp_path / "b" / "colors" / "imgclf.json").read_text())
+    assert meta["artifact"] == "onnx-int8"
+
+
 def test_fixed_batch_model_needs_batching_off(tmp_path: Path, tiny_bundle: Path) -> None:
     import onnx
 

@@ -82,7 +82,8 @@ def export_triton_repository(
         model_name: Model directory name (defaults to the bundle's name).
         version: Positive integer version directory to write.
         max_batch_size: Largest batch the server forms; 0 disables batching.
-        artifact: Bundle artifact to copy: ``onnx`` or ``onnx-int8``.
+        artifact: Bundle artifact to copy: ``onnx``, ``onnx-int8``, or ``auto`` (int8 if the
+            bundle has it, else fp32).
         max_queue_delay_us: How long dynamic batching waits to fill a batch, in microseconds.
 
     Returns:
@@ -95,6 +96,8 @@ def export_triton_repository(
     """
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     name = model_name or loaded.manifest.name
+    if artifact == "auto":  # what `imgclf serve` would run: int8 when the bundle has it
+        artifact = "onnx-int8" if "onnx-int8" in loaded.manifest.artifacts else "onnx"
     _check_options(name, version, max_batch_size, artifact, max_queue_delay_us)
     source = loaded.artifact_path(artifact)
     inputs, outputs = read_onnx_signature(source, batched=max_batch_size > 0)

@@ -81,4 +81,4 @@ def _export_if_new(bundle: Path, repository: Path, model_name: str | None) -> No
     name = model_name or loaded.manifest.name
     if (repository / name / CONFIG_NAME).is_file():
         return
-    export_triton_repository(loaded, repository, model_name=name, version=1)
+    export_triton_repository(loaded, repository, model_name=name, version=1, artifact="auto")
