@@ -265,6 +265,7 @@ def test_inference_never_imports_torch(tiny_bundle: Path, image_bytes: ImageFact
         "from imgclf.inference import Predictor\n"
         f"p = Predictor.from_bundle({str(tiny_bundle)!r})\n"
         f"assert p.predict({str(image)!r}).label == 'red'\n"
+        "import imgclf.inference.cli, imgclf.inference.batch\n"
         "leaked = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "print(','.join(leaked))\n"
     )
