@@ -99,7 +99,7 @@ def test_gaps_use_recorded_metrics_for_splits_not_evaluated() -> None:
     assert set(gaps) == {("train", "test"), ("validation", "test")}  # train->val adds nothing
     assert gaps["train", "test"].top1_drop == pytest.approx(0.95 - 0.75)
     assert gaps["train", "test"].loss_increase == pytest.approx(test.loss - 0.1)
-    assert gaps["validation", "test"].source == "training"
+    assert gaps["validation", "test"].source == "validation as recorded at training"
 
 
 def test_gaps_between_evaluated_splits() -> None:
@@ -141,7 +141,7 @@ def test_report_files_hold_the_numbers(tmp_path: Path) -> None:
             "to": "test",
             "top1_drop": pytest.approx(0.5),
             "loss_increase": pytest.approx(metrics.loss - 0.05),
-            "source": "training",
+            "source": "train as recorded at training",
         }
     ]
     assert [m["predicted"] for m in document["mistakes"]["test"]] == ["dog & <wolf>", "cat"]

@@ -80,13 +80,13 @@ def _gap_rows(data: ReportData) -> list[list[str]]:
             f"{gap.first} -> {gap.second}",
             f"{gap.top1_drop * 100:+.2f} pts",
             f"{gap.loss_increase:+.4f}",
-            gap.source,
+            "this evaluation" if gap.source == "evaluation" else gap.source,
         ]
         for gap in data.gaps
     ]
 
 
-GAP_COLUMNS = ("splits", "top-1 drop", "loss increase", "numbers from")
+GAP_COLUMNS = ("splits", "top-1 drop", "loss increase", "numbers")
 CLASS_COLUMNS = ("class", "precision", "recall", "F1", "support", "predicted")
 
 

@@ -60,7 +60,8 @@ class Gap:
         top1_drop: ``top1(first) - top1(second)``; positive means worse on ``second``.
         loss_increase: ``loss(second) - loss(first)``; positive means worse on ``second``.
         source: Where the numbers come from: ``evaluation`` when both splits were evaluated
-            here, otherwise ``training`` (metrics recorded in the bundle manifest) for one of them.
+            here, otherwise which split's numbers are the ones recorded in the bundle manifest
+            at training (e.g. ``train as recorded at training``).
     """
 
     first: str
@@ -122,7 +123,14 @@ def generalization_gaps(
                 continue  # both only recorded: nothing this evaluation adds
             top1_a, loss_a, source_a = headline[first]
             top1_b, loss_b, source_b = headline[second]
-            source = "evaluation" if source_a == source_b == "evaluation" else "training"
+            recorded_splits = [
+                s for s, src in ((first, source_a), (second, source_b)) if src != "evaluation"
+            ]
+            source = (
+                f"{' and '.join(recorded_splits)} as recorded at training"
+                if recorded_splits
+                else "evaluation"
+            )
             gaps.append(Gap(first, second, top1_a - top1_b, loss_b - loss_a, source))
     return gaps
 
