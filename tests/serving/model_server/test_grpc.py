@@ -159,3 +159,22 @@ def test_unknown_output_is_invalid_argument(
     with pytest.raises(InferenceServerException, match="no output 'scores'") as info:
         client.infer("colors", [tensor], outputs=[grpcclient.InferRequestedOutput("scores")])
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_runtime_failure_is_internal_with_the_reason(
+    model_server: ModelServer, pixels: np.ndarray
+) -> None:
+    model = model_server.repository.get("colors")
+
+    def broken(batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("out of memory in Gemm")
+
+    model._session = type("Broken", (), {"run": lambda self, *a: broken(a[1])})()
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{model_server.grpc_port}") as client:
+        tensor = grpcclient.InferInput("pixels", list(pixels.shape), "UINT8")
+        tensor.set_data_from_numpy(pixels)
+        with pytest.raises(InferenceServerException, match="out of memory in Gemm") as info:
+            client.infer("colors", [tensor])
+        assert info.value.status() == "StatusCode.INTERNAL"
+        stats = client.get_inference_statistics("colors").model_stats[0]
+        assert stats.inference_stats.fail.count == 1

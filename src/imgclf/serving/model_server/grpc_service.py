@@ -129,6 +129,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             outputs = model.infer(inputs, requested)
         except ImgclfError as exc:
             _abort(context, exc)
+        except Exception as exc:  # a runtime failure must reach the client as INTERNAL, with why
+            logger.exception("inference on %s version %d failed", model.name, model.version)
+            context.abort(grpc.StatusCode.INTERNAL, f"inference failed: {exc}")
         response = service_pb2.ModelInferResponse(
             model_name=model.name, model_version=str(model.version), id=request.id
         )
