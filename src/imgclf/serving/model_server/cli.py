@@ -43,7 +43,15 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from imgclf.serving.model_server.server import ModelServer, ModelServerSettings
+    from imgclf.errors import ConfigError
+
+    try:
+        from imgclf.serving.model_server.server import ModelServer, ModelServerSettings
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"the model server needs the grpc and serve extras ({exc.name} is missing); "
+            "install them with: pip install 'imgclf[grpc,serve]'"
+        ) from exc
 
     if args.bundle is not None:
         args.repository.mkdir(parents=True, exist_ok=True)
