@@ -40,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Export the optional bundle, start the servers, and serve until SIGINT/SIGTERM."""
+    import importlib
     import signal
     import threading
 
@@ -47,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         from imgclf.serving.model_server.server import ModelServer, ModelServerSettings
+
+        if not args.no_http:
+            importlib.import_module("imgclf.serving.model_server.rest")
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"the model server needs the grpc and serve extras ({exc.name} is missing); "
