@@ -181,7 +181,11 @@ def render(runs: list[dict[str, Any]], floor: list[float], meta: dict[str, str])
 
     warm = [ms for run in runs for ms in run["warm_ms"]]
     cold = [r["cold_ms"] for r in runs]
-    verdict = "met" if statistics.median(cold) < GOAL_MS else "NOT met"
+    cpu = [r["cpu_ms"] for r in runs]
+
+    def verdict(values: list[float]) -> str:
+        return "met" if statistics.median(values) < GOAL_MS else "NOT met"
+
     lines = [
         f"Command: `{meta['command']}`",
         "",
@@ -192,7 +196,7 @@ def render(runs: list[dict[str, Any]], floor: list[float], meta: dict[str, str])
         "| measure (ms) | median | min | max |",
         "| --- | ---: | ---: | ---: |",
         row("cold start: spawn to first response (wall)", cold),
-        row("cold start: CPU time used by then", [r["cpu_ms"] for r in runs]),
+        row("cold start: CPU time used by then", cpu),
         row("... import the handler", [r["import_ms"] for r in runs]),
         row(
             "... load the model (manifest, sha256, ONNX Runtime session)",
@@ -202,11 +206,13 @@ def render(runs: list[dict[str, Any]], floor: list[float], meta: dict[str, str])
         row("bare interpreter start (`python -c pass`)", floor),
         row("warm invocation (decode + predict + JSON)", warm),
         "",
-        f"Warm p95: {percentile(warm, 0.95):.1f} ms. Goal: cold start under {GOAL_MS:.0f} ms: "
-        f"**{verdict}** (median wall {statistics.median(cold):.0f} ms; load average "
-        f"{meta['load']} during the run: CPU time is the figure least bent by other work on the "
-        "machine). No torch, FastAPI or boto3 is imported on the API path; boto3 loads only for "
-        "S3 events or an `s3://` MODEL_URI.",
+        f"Warm p95: {percentile(warm, 0.95):.1f} ms. Goal, cold start under {GOAL_MS:.0f} ms: "
+        f"{verdict(cold)} in wall time (median {statistics.median(cold):.0f} ms), "
+        f"{verdict(cpu)} in CPU time (median {statistics.median(cpu):.0f} ms). The load average "
+        f"was {meta['load']} during the run; the CPU time to the first response is the figure "
+        "least bent by other work on the machine. "
+        "No torch, FastAPI or boto3 is imported on the API path; boto3 loads only for S3 events "
+        "or an `s3://` MODEL_URI.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -242,7 +248,7 @@ def main() -> None:
         from imgclf.inference.predictor import select_artifact
 
         meta = {
-            "command": "python bench/bench_lambda.py " + " ".join(sys.argv[1:]),
+            "command": ".venv/bin/python bench/bench_lambda.py " + " ".join(sys.argv[1:]),
             "model": origin,
             "artifact": select_artifact(load_bundle(bundle, verify=False)),
             "python": platform.python_version(),
