@@ -74,48 +74,74 @@ def has_onnx(path: Path) -> bool:
 
 
 def resolve_bundle(requested: Path | None, workdir: Path) -> tuple[Path, str]:
-    """The bundle to serve and a description of where it came from."""
+    """The bundle to serve and a description of where it came from.
+
+    Prefers a bundle with an ONNX artifact (the bundled model, then the training run); a trained
+    run with PyTorch weights only is exported to ONNX here; failing both, an ImageNet Lite0 with an
+    untrained head stands in (same architecture and cost).
+    """
     if requested is not None:
         return requested, str(requested)
     from imgclf.bundle import default_bundle_path
 
-    for candidate in (default_bundle_path(), Path("/work/runs/clothing-lite0")):
+    run = Path("/work/runs/clothing-lite0")
+    for candidate in (default_bundle_path(), run):
         if has_onnx(candidate):
             return candidate, str(candidate)
+    if (run / "model.pt").is_file():
+        return export_onnx_copy(run, workdir / "run"), f"{run} (PyTorch weights exported to ONNX)"
     return build_lite0_bundle(workdir / "lite0"), (
         "EfficientNet-Lite0 ONNX built for this run (ImageNet backbone, untrained 10-class head)"
     )
 
 
+def export_onnx_copy(source: Path, root: Path) -> Path:
+    """A serving copy of a trained bundle: its manifest plus an ONNX export of its weights."""
+    from imgclf.bundle import Bundle, load_bundle
+    from imgclf.training.models import load_torch_model
+
+    bundle = load_bundle(source)
+    manifest = bundle.manifest.model_copy(deep=True)
+    manifest.artifacts = {}
+    copy = Bundle(root=root, manifest=manifest)
+    root.mkdir(parents=True)
+    write_onnx(load_torch_model(bundle), bundle.preprocess_config.input_size, root / "model.onnx")
+    copy.add_artifact("onnx", root / "model.onnx", format="onnx", input_name="input")
+    return root
+
+
 def build_lite0_bundle(root: Path) -> Path:
     """A Lite0 bundle (10 classes, ImageNet backbone, untrained head) exported to ONNX."""
-    import torch
-
     from imgclf.bundle import Bundle, Manifest
     from imgclf.training.models import create_model, default_preprocess_config
 
     classes = sorted(d.name for d in (clothing_dir() / "test").iterdir() if d.is_dir())
-    model = create_model("lite0", len(classes)).eval()
     config = default_preprocess_config("lite0")
     root.mkdir(parents=True)
-    example = torch.zeros(1, 3, config.input_size, config.input_size)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)  # legacy exporter: stable here
-    torch.onnx.export(
-        model,
-        (example,),
-        str(root / "model.onnx"),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    write_onnx(create_model("lite0", len(classes)).eval(), config.input_size, root / "model.onnx")
     manifest = Manifest(
         name="clothing-lite0", backbone="lite0", labels=classes, preprocessing=config.to_dict()
     )
     bundle = Bundle(root=root, manifest=manifest)
     bundle.add_artifact("onnx", root / "model.onnx", format="onnx", input_name="input")
     return root
+
+
+def write_onnx(model: object, input_size: int, path: Path) -> None:
+    import torch
+
+    example = torch.zeros(1, 3, input_size, input_size)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # legacy exporter: stable here
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
 
 
 def free_port() -> int:
