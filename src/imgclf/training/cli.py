@@ -64,6 +64,12 @@ def register(subparsers: Any) -> None:
         default=None,
         help="fine-tuning input size (default: 80%% of --image-size)",
     )
+    parser.add_argument(
+        "--crop-pct",
+        type=float,
+        default=1.0,
+        help="share of the short side the serving centre crop keeps (default 1.0)",
+    )
     parser.add_argument("--lr", type=float, default=_DEFAULTS["lr"], help="peak learning rate")
     parser.add_argument("--freeze-blocks", type=int, default=_DEFAULTS["freeze_blocks"])
     parser.add_argument(

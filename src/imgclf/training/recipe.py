@@ -32,6 +32,9 @@ class TrainConfig:
         pretrained: Start from ImageNet weights (strongly recommended).
         image_size: Evaluation/serving input size; None takes the backbone's pretrained size.
         train_size: Fine-tuning input size; None means 80% of ``image_size`` (multiple of 16).
+        crop_pct: Share of the short side kept by the evaluation/serving centre crop. 1.0 keeps
+            the whole short side, so details at the edges (sleeves, hems) stay in view; None
+            takes the backbone's ImageNet value (0.875 for the Lite family).
         epochs: Maximum fine-tuning epochs (0 trains the head only).
         batch_size: Images per optimisation step.
         lr: Peak learning rate of the head and the last block; earlier blocks get
@@ -62,6 +65,7 @@ class TrainConfig:
     pretrained: bool = True
     image_size: int | None = None
     train_size: int | None = None
+    crop_pct: float | None = 1.0
     epochs: int = 8
     batch_size: int = 32
     lr: float = 1e-3
@@ -112,6 +116,8 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.crop_pct is not None and not 0.1 <= self.crop_pct <= 1.0:
+            raise ConfigError(f"crop_pct must be in [0.1, 1.0], got {self.crop_pct}")
         for size in (self.image_size, self.train_size):
             if size is not None and not 32 <= size <= 1024:
                 raise ConfigError(f"image sizes must be between 32 and 1024, got {size}")

@@ -9,6 +9,7 @@ uninterrupted run with the same seed would.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -94,6 +95,8 @@ def prepare(data: str | Path | DatasetSplits, config: TrainConfig) -> Prepared:
         if not dataset.splits.get(split):
             raise DatasetError(f"{dataset.root}: no usable {split} images; training needs both")
     preprocess = default_preprocess_config(config.backbone, config.image_size)
+    if config.crop_pct is not None:
+        preprocess = dataclasses.replace(preprocess, crop_pct=config.crop_pct)
     decoded = {
         name: decode_split(
             [r.path for r in records],
@@ -174,6 +177,7 @@ class LoopState:
     best_score: tuple[float, float] = (-1.0, 0.0)
     best_state: dict[str, torch.Tensor] | None = None
     best_epoch: int = 0
+    best_finetune_score: tuple[float, float] = (-1.0, 0.0)
     stale_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -241,10 +245,15 @@ def _finetune(
             stats.seconds,
         )
         loop.epoch = epoch
-        if (val_acc, -val_loss) > loop.best_score:
-            loop.best_score = (val_acc, -val_loss)
+        score = (val_acc, -val_loss)
+        if score > loop.best_score:
+            loop.best_score = score
             loop.best_state = copy.deepcopy(model.state_dict())
-            loop.best_epoch, loop.stale_epochs = epoch, 0
+            loop.best_epoch = epoch
+        # Patience counts fine-tuning epochs only: the head stage is a fallback, not a bar that
+        # early, high-learning-rate epochs must clear.
+        if score > loop.best_finetune_score:
+            loop.best_finetune_score, loop.stale_epochs = score, 0
         else:
             loop.stale_epochs += 1
         _save_checkpoint(
@@ -265,7 +274,15 @@ def _finetune(
 def _load_checkpoint(path: Path, config: TrainConfig, labels: list[str]) -> dict[str, Any]:
     payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
     saved = payload["config"]
-    for key in ("backbone", "image_size", "train_size", "freeze_blocks", "batch_size", "seed"):
+    for key in (
+        "backbone",
+        "image_size",
+        "train_size",
+        "crop_pct",
+        "freeze_blocks",
+        "batch_size",
+        "seed",
+    ):
         if saved.get(key) != getattr(config, key):
             raise ConfigError(
                 f"{path}: cannot resume, {key} was {saved.get(key)!r} and is now "
