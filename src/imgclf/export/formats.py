@@ -11,6 +11,7 @@ An exporter is called as ``exporter(bundle, **options)`` with only the options t
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ class ExportFormat:
         exporter: ``"module:function"`` doing the export, imported on use.
         description: One line for ``--help`` and error messages.
         extra: The ``pip install 'imgclf[extra]'`` the exporter needs.
+        requires: Top-level modules that extra provides, checked before exporting.
     """
 
     name: str
@@ -64,6 +66,7 @@ class ExportFormat:
     exporter: str
     description: str
     extra: str = "train"
+    requires: tuple[str, ...] = ("torch", "timm", "onnx", "onnxscript")
 
     def load_exporter(self) -> Callable[..., Path]:
         """Import the exporter function.
@@ -71,6 +74,12 @@ class ExportFormat:
         Raises:
             ConfigError: The libraries it needs are not installed.
         """
+        missing = [name for name in self.requires if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ConfigError(
+                f"exporting {self.name} needs the {self.extra!r} extra "
+                f"(pip install 'imgclf[{self.extra}]'); missing: {', '.join(missing)}"
+            )
         module_name, function_name = self.exporter.split(":")
         try:
             module = importlib.import_module(module_name)
@@ -145,6 +154,7 @@ FORMATS: dict[str, ExportFormat] = {
             (*_COMMON, "max_drop", "calibration_images", "calibration_method"),
             "imgclf.export.quantize:export_onnx_int8",
             "ONNX int8 (static QDQ), accuracy drop vs fp32 measured and bounded",
+            requires=("onnx", "onnxruntime"),
         ),
         ExportFormat(
             "tflite",
@@ -154,6 +164,7 @@ FORMATS: dict[str, ExportFormat] = {
             "imgclf.export.tflite:export_tflite",
             "TFLite via litert-torch, checked against PyTorch with the LiteRT interpreter",
             extra="tflite",
+            requires=("torch", "timm", "litert_torch", "ai_edge_litert"),
         ),
     )
 }
