@@ -309,3 +309,22 @@ def test_records_passed_in_directly(tiny_bundle: Path, tmp_path: Path) -> None:
         evaluate_bundle(tiny_bundle, {"t": [ImageRecord(blue, 5)]}, out_dir=tmp_path / "r")
     with pytest.raises(DatasetError, match="has no images"):
         evaluate_bundle(tiny_bundle, {"t": []}, out_dir=tmp_path / "r")
+
+
+@pytest.mark.slow
+def test_exported_onnx_evaluates_like_the_pytorch_weights(
+    torch_bundle: Path, color_dataset: Path, tmp_path: Path
+) -> None:
+    from imgclf.export.api import export_bundle
+
+    export_bundle(torch_bundle, "onnx")
+    records, _ = load_folder(color_dataset / "test", list(COLORS))
+
+    from_torch = predict_records(torch_bundle, records, artifact="pytorch")
+    from_onnx = predict_records(torch_bundle, records)  # auto now prefers the export
+
+    np.testing.assert_allclose(from_onnx, from_torch, atol=1e-4)
+    run_dir = tmp_path / "r"
+    results = evaluate_bundle(torch_bundle, color_dataset, out_dir=run_dir, gallery_size=0)
+    assert _document(run_dir)["model"]["artifact"] == "onnx"
+    assert results["test"].count == len(records)
