@@ -6,15 +6,20 @@ accuracy number measured here is the one users get.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imgclf.bundle import Bundle
 from imgclf.errors import ConfigError, InputError
 from imgclf.preprocessing import PreprocessConfig, load_pixels
+
+if TYPE_CHECKING:
+    from imgclf.data import DatasetSplits
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +86,7 @@ def split_pixels(
         ConfigError: The dataset lacks the split or its classes differ from the model's labels.
         DatasetError: The folder is not a usable dataset.
     """
-    from imgclf.data import load_dataset
-
-    dataset = load_dataset(data)
+    dataset = _load_dataset(Path(data).resolve())
     if dataset.classes != bundle.labels:
         raise ConfigError(
             f"{data}: dataset classes {dataset.classes} differ from the model's labels "
@@ -108,6 +111,14 @@ def split_pixels(
         raise ConfigError(f"{data}: no readable images in the {split!r} split")
     source = f"{split} split of {dataset.root}"
     return ReferenceImages(np.stack(pixels), np.asarray(labels, dtype=np.int64), source)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_dataset(root: Path) -> DatasetSplits:
+    """Load (and check) a dataset once per export run, however many splits are read from it."""
+    from imgclf.data import load_dataset
+
+    return load_dataset(root)
 
 
 def reference_images(
