@@ -76,6 +76,48 @@ def test_rest_api_v1_json_body_with_query_top_k(image_bytes: Callable[..., bytes
     assert len(body["top_k"]) == 2
 
 
+def multipart(fields: dict[str, tuple[str | None, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body as browsers and curl -F send it, and its Content-Type."""
+    boundary = "----WebKitFormBoundary7MA4YWxkTrZu0gW"
+    chunks = []
+    for name, (filename, data) in fields.items():
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
+        head += "Content-Type: image/jpeg\r\n\r\n" if filename else "\r\n"
+        chunks.append(head.encode() + data + b"\r\n")
+    body = b"".join(chunks) + f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize("make_event", [http_v1_event, http_v2_event])
+def test_multipart_form_upload(
+    image_bytes: Callable[..., bytes], make_event: Callable[..., dict[str, Any]]
+) -> None:
+    image = image_bytes("blue", size=(300, 200))
+    body, content_type = multipart({"top_k": (None, b"2"), "file": ("shirt.jpg", image)})
+    status, result = call_http(make_event(body, content_type=content_type))
+    assert status == 200
+    assert result["class"] == "blue"
+    assert len(result["top_k"]) == 2
+
+
+def test_multipart_without_file_field(image_bytes: Callable[..., bytes]) -> None:
+    body, content_type = multipart({"picture": ("a.jpg", image_bytes())})
+    status, result = call_http(http_v2_event(body, content_type=content_type))
+    assert status == 422
+    assert "'file'" in result["detail"]
+    status, result = call_http(http_v2_event(body, content_type="multipart/form-data"))
+    assert status == 400
+    assert "boundary" in result["detail"]
+
+
+def test_url_safe_base64(image_bytes: Callable[..., bytes]) -> None:
+    encoded = base64.urlsafe_b64encode(image_bytes("green", size=(120, 90))).decode().rstrip("=")
+    status, body = call_http(http_v2_event(json.dumps({"image": encoded})))
+    assert status == 200
+    assert body["class"] == "green"
+
+
 def test_json_top_k_overrides_default(image_bytes: Callable[..., bytes]) -> None:
     status, body = call_http(http_v2_event(json.dumps({"image": b64(image_bytes()), "top_k": 1})))
     assert status == 200

@@ -4,8 +4,10 @@ Three request shapes reach the handler synchronously:
 
 - **API Gateway REST API** (payload format 1.0) and **HTTP API** (payload format 2.0) proxy
   events: the body is JSON ``{"url": ...}`` or ``{"image": <base64>}`` (optionally with
-  ``"top_k"``), or the raw image bytes (``isBase64Encoded``, any ``image/*`` content type);
-  ``?top_k=`` works in the query string too. The answer is a proxy response with a status code.
+  ``"top_k"``), a ``multipart/form-data`` form with a ``file`` field (and optionally ``top_k``),
+  or the raw image bytes (``isBase64Encoded``, any ``image/*`` or ``application/octet-stream``
+  content type); ``?top_k=`` works in the query string too. The answer is a proxy response
+  with a status code.
 - **Direct invocation** (``aws lambda invoke``, Step Functions, ...) with the same JSON object as
   the event; the answer is the prediction object itself, or ``{"detail", "statusCode"}``.
 
@@ -96,7 +98,11 @@ def parse_http_event(event: dict[str, Any], kind: EventKind, max_bytes: int) -> 
     data = _body_bytes(event, max_bytes)
     query = event.get("queryStringParameters") or {}
     query_top_k = _query_top_k(query.get("top_k")) if isinstance(query, dict) else None
-    content_type = _header(event, "content-type").split(";")[0].strip().lower()
+    content_type_header = _header(event, "content-type")
+    content_type = content_type_header.split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        request = parse_multipart(data, content_type_header)
+        return request if request.top_k is not None else _with_top_k(request, query_top_k)
     if content_type == "application/json" or (
         not content_type.startswith("image/") and data.lstrip()[:1] == b"{"
     ):
@@ -142,12 +148,47 @@ def parse_json_request(payload: Any) -> ImageRequest:
     return ImageRequest(image=decode_base64(image, what='"image"'), top_k=top_k)
 
 
+def parse_multipart(data: bytes, content_type_header: str) -> ImageRequest:
+    """The ``file`` field (and optional ``top_k`` field) of a ``multipart/form-data`` body.
+
+    Raises:
+        InputError: The form cannot be parsed (400) or has no ``file`` field (422).
+    """
+    from email import policy
+    from email.parser import BytesParser
+
+    if "boundary=" not in content_type_header:
+        raise InputError("multipart/form-data needs a boundary in its Content-Type header")
+    header = f"Content-Type: {content_type_header}\r\n\r\n".encode("latin-1", "replace")
+    message = BytesParser(policy=policy.HTTP).parsebytes(header + data)
+    if not message.is_multipart():
+        raise InputError("the multipart/form-data body could not be parsed")
+    fields: dict[str, bytes] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if isinstance(name, str) and isinstance(payload, bytes):
+            fields.setdefault(name, payload)
+    if "file" not in fields:
+        raise RequestShapeError(
+            f"the form has no 'file' field (fields: {sorted(fields) or 'none'}); "
+            "send the image as the 'file' field"
+        )
+    top_k = fields.get("top_k")
+    return ImageRequest(
+        image=fields["file"], top_k=_query_top_k(top_k.decode("latin-1")) if top_k else None
+    )
+
+
 def decode_base64(text: str, *, what: str) -> bytes:
-    """Strict base64 (a ``data:image/...;base64,`` prefix is accepted); 400 when invalid."""
+    """Standard or URL-safe base64 (a ``data:...;base64,`` prefix is accepted); 400 if invalid."""
     if text.startswith("data:") and "," in text:
         text = text.split(",", 1)[1]
+    cleaned = "".join(text.split())
     try:
-        return base64.b64decode(text.strip(), validate=True)
+        if "-" in cleaned or "_" in cleaned:
+            return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
+        return base64.b64decode(cleaned, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InputError(f"{what} is not valid base64 ({exc}); encode the image bytes") from exc
 
@@ -210,8 +251,8 @@ def _load_json(data: bytes) -> Any:
 def _query_top_k(value: Any) -> int | None:
     if value is None:
         return None
-    if not str(value).isdigit() or int(value) < 1:
-        raise RequestShapeError(f"query parameter top_k must be a positive integer, got {value!r}")
+    if not str(value).strip().isdigit() or int(value) < 1:
+        raise RequestShapeError(f"top_k must be a positive integer, got {value!r}")
     return int(value)
 
 
