@@ -181,7 +181,7 @@ def test_stats_callbacks_see_batches_and_depth() -> None:
 def test_app_overload_answers_503_with_retry_after(
     make_client: ClientFactory, image_bytes: ImageBytes
 ) -> None:
-    """A slow backend, a queue of 2 and 10 concurrent requests: excess is refused, not queued."""
+    """A slow backend, 2 requests admitted at once and 10 concurrent: excess refused at once."""
     backend = FakeBackend(delay_s=0.3)
     client = make_client(backend=backend, max_batch_size=1, queue_size=2)
     body = {"image": base64.b64encode(image_bytes()).decode()}
@@ -189,10 +189,10 @@ def test_app_overload_answers_503_with_retry_after(
         responses = list(pool.map(lambda _: client.post("/predict", json=body), range(10)))
     codes = sorted(r.status_code for r in responses)
     assert set(codes) == {200, 503}
-    assert codes.count(200) >= 3
+    assert codes.count(200) >= 2
     refused = next(r for r in responses if r.status_code == 503)
     assert refused.headers["retry-after"] == "1"
-    assert "queue is full" in refused.json()["detail"]
+    assert "at capacity" in refused.json()["detail"]
     assert client.get("/health").status_code == 200
 
 

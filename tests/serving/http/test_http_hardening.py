@@ -228,12 +228,12 @@ def test_cors(make_client: ClientFactory) -> None:
 
 
 def test_rate_limit_per_client(make_client: ClientFactory, image_bytes: ImageBytes) -> None:
-    client = make_client(rate_limit_per_s=0.5, rate_limit_burst=2)
+    client = make_client(rate_limit_per_s=0.1, rate_limit_burst=2)
     body = {"image": _b64(image_bytes())}
     assert [client.post("/predict", json=body).status_code for _ in range(2)] == [200, 200]
     limited = client.post("/predict", json=body)
     assert limited.status_code == 429
-    assert limited.headers["retry-after"] == "2"
+    assert 1 <= int(limited.headers["retry-after"]) <= 10
     assert "rate limit" in limited.json()["detail"]
     assert client.get("/health").status_code == 200
 

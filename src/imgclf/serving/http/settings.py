@@ -47,7 +47,12 @@ class ServeSettings(BaseSettings):
     # Micro-batching.
     max_batch_size: int = Field(16, ge=1, le=512, description="1 disables batching")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="Wait for a batch to fill")
-    queue_size: int = Field(64, ge=1, le=100_000, description="Images waiting; more get 503")
+    queue_size: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Requests in progress (decoding, queued, running); more get 503",
+    )
     decode_threads: int = Field(2, ge=1, le=64, description="Threads decoding images")
 
     # Input limits.
