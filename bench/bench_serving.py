@@ -113,18 +113,21 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=60, help="cap per server phase")
     parser.add_argument("--threads", type=int, default=2, help="runtime threads")
     parser.add_argument("--batch", type=int, default=16, help="max batch size")
+    parser.add_argument("--ceiling-seconds", type=float, default=10, help="per ceiling mode")
     parser.add_argument("--update-docs", action="store_true", help="rewrite docs section")
     args = parser.parse_args()
 
     bundle = resolve_bundle(args.bundle)
     images = load_test_jpegs()
     model_only, with_decode, artifact = model_ceiling(
-        bundle, images, threads=args.threads, batch=args.batch, seconds=10
+        bundle, images, threads=args.threads, batch=args.batch, seconds=args.ceiling_seconds
     )
+    print(f"ceiling {model_only:.1f} images/s, with decode {with_decode:.1f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         batched, batched_rss = serve_and_load(
             bundle, images, Path(tmp) / "batched.log", args, "--max-batch-size", str(args.batch)
         )
+        print(f"batched {batched.throughput:.1f} req/s", flush=True)
         naive, naive_rss = serve_and_load(
             bundle, images, Path(tmp) / "naive.log", args, "--max-batch-size", "1"
         )

@@ -76,12 +76,13 @@ def rss_mb(pid: int) -> float:
 class ServerProcess:
     """``imgclf serve`` in a subprocess on a free loopback port."""
 
-    def __init__(self, bundle: Path, log: Path, *options: str) -> None:
+    def __init__(self, bundle: Path, log: Path, *options: str, log_level: str = "warning") -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log
         self._log = log.open("wb")
         cmd = [sys.executable, "-m", "imgclf", "serve", "--model", str(bundle)]
-        cmd += ["--port", str(self.port), "--log-level", "warning", *options]
+        cmd += ["--port", str(self.port), "--log-level", log_level, *options]
         self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_ready()
 
@@ -97,6 +98,16 @@ class ServerProcess:
                 pass
             time.sleep(0.2)
         sys.exit("server did not become ready")
+
+    def access_statuses(self, route: str = "/predict") -> dict[int, int]:
+        """Statuses of the requests the server logged (needs ``log_level="info"``)."""
+        counts: dict[int, int] = {}
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                entry = json.loads(line)
+                if entry.get("logger") == "imgclf.access" and entry.get("route") == route:
+                    counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+        return counts
 
     @property
     def rss_mb(self) -> float:

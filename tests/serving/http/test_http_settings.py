@@ -1,0 +1,72 @@
+"""Settings: environment variables, CLI overrides, validation at start-up."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from pydantic import ValidationError
+
+from imgclf.errors import ConfigError
+from imgclf.serving.http.cli import build_settings, register
+from imgclf.serving.http.settings import ServeSettings
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(["serve", *argv])
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGCLF_MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("IMGCLF_CORS_ORIGINS", '["https://shop.example"]')
+    monkeypatch.setenv("IMGCLF_API_KEY", "s3cret-value")
+    settings = ServeSettings()
+    assert settings.max_batch_size == 4
+    assert settings.cors_origins == ["https://shop.example"]
+    assert settings.api_key is not None
+    assert "s3cret-value" not in repr(settings)  # secrets are not printed
+
+
+def test_cli_options_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGCLF_MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("IMGCLF_PORT", "9000")
+    settings = build_settings(_parse("--max-batch-size", "8", "--cors-origin", "https://a.example"))
+    assert settings.max_batch_size == 8
+    assert settings.port == 9000
+    assert settings.cors_origins == ["https://a.example"]
+    assert build_settings(_parse("--plain-logs")).log_json is False
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"model_server_url": "http://x:1"}, "grpc://"),
+        ({"model_server_url": "grpc://x:1", "model": "/tmp/b"}, "not both"),
+        ({"unknown_option": 1}, "unknown_option"),
+    ],
+)
+def test_invalid_settings_are_refused(kwargs: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        ServeSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_cli_turns_bad_settings_into_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="queue_size"):
+        build_settings(_parse("--queue-size", "0"))
+
+
+def test_model_and_model_server_are_exclusive_on_the_command_line() -> None:
+    with pytest.raises(SystemExit):
+        _parse("--model", "a", "--model-server", "grpc://b:1")
+
+
+def test_fetch_policy_follows_settings() -> None:
+    policy = ServeSettings(
+        url_allowed_hosts=["Img.Example"], url_allow_loopback=True, max_upload_bytes=2048
+    ).fetch_policy()
+    assert policy.allowed_hosts == frozenset({"img.example"})
+    assert policy.allow_loopback
+    assert policy.max_bytes == 2048
