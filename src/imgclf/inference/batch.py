@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.errors import ConfigError, ImageDecodeError, InputError
+from imgclf.errors import ConfigError, InputError
 from imgclf.inference.predictions import Prediction, check_top_k
 from imgclf.inference.predictor import Predictor
 
@@ -110,10 +110,7 @@ def _load(predictor: Predictor, item: InputItem, fetch: Fetcher | None) -> np.nd
             if fetch is None:
                 fetch = default_fetcher()
             return predictor.load_pixels(fetch(item.name))
-        path = Path(item.name)
-        if path.is_dir():
-            raise ImageDecodeError(f"{path}: is a folder without images")
-        return predictor.load_pixels(path)
+        return predictor.load_pixels(Path(item.name))
     except InputError as exc:
         return _short_error(item, exc)
     except OSError as exc:  # permission denied and friends
