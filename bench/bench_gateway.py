@@ -157,18 +157,21 @@ def launch(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 300
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            sys.exit(f"{url}: server exited with {process.returncode}")
+            break
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.25)
-    sys.exit(f"{url} not ready after {timeout_s} s")
+    tail = log.read_text(errors="replace")[-3000:]
+    sys.exit(f"{url} not ready (exit code {process.poll()}) after {timeout_s} s; log:\n{tail}")
 
 
 def rss_mb(pid: int) -> float:
@@ -333,7 +336,11 @@ def serve_and_measure(
         ),
     }  # fmt: skip
     try:
-        wait_ready(f"http://127.0.0.1:{embedded_port}/ready", processes["embedded"])
+        wait_ready(
+            f"http://127.0.0.1:{embedded_port}/ready",
+            processes["embedded"],
+            workdir / "embedded.log",
+        )
         time.sleep(1)  # the model server starts faster than the REST app; give it the same head
         processes["gateway"] = launch(
             [
@@ -345,7 +352,9 @@ def serve_and_measure(
             ],
             workdir / "gateway.log",
         )
-        wait_ready(f"http://127.0.0.1:{gateway_port}/ready", processes["gateway"])
+        wait_ready(
+            f"http://127.0.0.1:{gateway_port}/ready", processes["gateway"], workdir / "gateway.log"
+        )
         urls = {
             "embedded": f"http://127.0.0.1:{embedded_port}/predict",
             "gateway": f"http://127.0.0.1:{gateway_port}/predict",
