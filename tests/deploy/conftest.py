@@ -33,6 +33,7 @@ def images() -> Iterator[Images]:
         serve=f"localhost/imgclf-serve:{TEST_TAG}",
         model_server=f"localhost/imgclf-model-server:{TEST_TAG}",
         base=base_image(),
+        context=context,
     )
     build_image(podman, DOCKER_DIR / "serve.Dockerfile", built.serve, context, built.base)
     build_image(

@@ -140,32 +140,55 @@ def wait_until_ready(url: str, timeout_s: float, describe: Callable[[], str] | N
     pytest.fail(f"{url} not ready after {timeout_s:.0f}s (last: {last})\n{details}")
 
 
-def classify(base_url: str, samples: list[tuple[Path, str]]) -> list[tuple[str, str, float]]:
-    """POST each image to ``/predict``: (true label, predicted label, probability) per image."""
+def classify(
+    base_url: str, samples: list[tuple[Path, str]], batch_size: int = 10
+) -> list[tuple[str, str, float]]:
+    """POST images to ``/predict/batch``: (true label, predicted label, probability) per image."""
     import httpx
 
     answers = []
-    with httpx.Client(base_url=base_url, timeout=30) as client:
-        for path, label in samples:
-            with path.open("rb") as handle:
-                response = client.post(
-                    "/predict", files={"file": (path.name, handle, "image/jpeg")}
-                )
-            assert response.status_code == 200, (
-                f"{path.name}: {response.status_code} {response.text}"
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start : start + batch_size]
+            files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p, _ in chunk]
+            response = client.post("/predict/batch", files=files)
+            assert response.status_code == 200, f"{response.status_code} {response.text}"
+            predictions = response.json()["predictions"]
+            assert len(predictions) == len(chunk)
+            answers.extend(
+                (label, p["class"], float(p["probability"]))
+                for (_, label), p in zip(chunk, predictions, strict=True)
             )
-            body = response.json()
-            answers.append((label, body["class"], float(body["probability"])))
     return answers
 
 
-def assert_mostly_right(answers: list[tuple[str, str, float]], min_accuracy: float) -> float:
-    """Every answer is a clothing class with a probability, and most are right; returns accuracy."""
+def embedded_answers(context: Path, samples: list[tuple[Path, str]]) -> list[str]:
+    """Top-1 labels of the same bundle run in this process (what the images must reproduce)."""
+    from imgclf.inference.predictor import Predictor
+
+    predictor = Predictor.from_bundle(context / "src" / "imgclf" / "models" / "clothing-lite0")
+    return [p.label for p in predictor.predict_batch([path for path, _ in samples])]
+
+
+def assert_mostly_right(
+    answers: list[tuple[str, str, float]],
+    expected: list[str],
+    min_accuracy: float,
+    min_agreement: float = 0.95,
+) -> float:
+    """Answers are clothing classes, agree with the embedded model and are mostly right.
+
+    Returns:
+        The accuracy against the true folders.
+    """
     for _, predicted, probability in answers:
         assert predicted in CLOTHING_CLASSES, f"unknown class {predicted!r}"
         assert 0.0 <= probability <= 1.0
-    accuracy = sum(true == predicted for true, predicted, _ in answers) / len(answers)
-    wrong = [(true, predicted) for true, predicted, _ in answers if true != predicted]
+    predicted = [answer[1] for answer in answers]
+    agreement = sum(a == b for a, b in zip(predicted, expected, strict=True)) / len(answers)
+    assert agreement >= min_agreement, f"only {agreement:.0%} agree with embedded: {predicted}"
+    accuracy = sum(true == guess for true, guess, _ in answers) / len(answers)
+    wrong = [(true, guess) for true, guess, _ in answers if true != guess]
     assert accuracy >= min_accuracy, f"accuracy {accuracy:.2f} < {min_accuracy}; wrong: {wrong}"
     return accuracy
 
@@ -180,6 +203,7 @@ class Images:
     serve: str
     model_server: str
     base: str
+    context: Path
 
 
 def require_podman() -> str:

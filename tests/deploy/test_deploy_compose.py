@@ -20,6 +20,7 @@ from deploy_helpers import (
     classify,
     clothing_test_images,
     container_logs,
+    embedded_answers,
     free_port,
     image_size_bytes,
     podman_compose,
@@ -30,7 +31,12 @@ from deploy_helpers import (
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
-MIN_ACCURACY = 0.8  # the bundled model scores well above 0.9 on the test split
+#: The first photos of each class are harder than the split's average: the bundled model gets
+#: about 75% of them right (over 90% on the whole test split). A broken pipeline (wrong
+#: preprocessing, scrambled labels) lands far below; agreement with the embedded model is the
+#: strict check.
+MIN_ACCURACY = 0.6
+PER_CLASS = 3
 
 
 @dataclass(frozen=True)
@@ -124,21 +130,26 @@ def test_images_are_small_non_root_and_torch_free(images: Images) -> None:
         assert probe.stdout.split()[0] == "True", f"{image} ships torch"
 
 
-def test_gateway_classifies_real_clothing_photos_through_the_model_server(stack: Stack) -> None:
-    samples = clothing_test_images(per_class=2)
+def test_gateway_classifies_real_clothing_photos_through_the_model_server(
+    stack: Stack, images: Images
+) -> None:
+    samples = clothing_test_images(per_class=PER_CLASS)
     answers = classify(stack.url, samples)
-    assert_mostly_right(answers, MIN_ACCURACY)
+    assert_mostly_right(answers, embedded_answers(images.context, samples), MIN_ACCURACY)
     model = httpx.get(f"{stack.url}/model", timeout=10).json()
     assert sorted(model["labels"]) == sorted(CLOTHING_CLASSES)
 
 
-def test_batch_requests_agree_with_single_ones(stack: Stack) -> None:
+def test_single_requests_agree_with_batches(stack: Stack) -> None:
     samples = clothing_test_images(per_class=1)[:4]
-    singles = [predicted for _, predicted, _ in classify(stack.url, samples)]
-    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p, _ in samples]
-    response = httpx.post(f"{stack.url}/predict/batch", files=files, timeout=30)
-    assert response.status_code == 200, response.text
-    assert [p["class"] for p in response.json()["predictions"]] == singles
+    batched = [predicted for _, predicted, _ in classify(stack.url, samples)]
+    singles = []
+    for path, _ in samples:
+        files = {"file": (path.name, path.read_bytes(), "image/jpeg")}
+        response = httpx.post(f"{stack.url}/predict", files=files, timeout=60)
+        assert response.status_code == 200, response.text
+        singles.append(response.json()["class"])
+    assert singles == batched
 
 
 def test_container_healthchecks_pass(stack: Stack) -> None:
