@@ -10,6 +10,7 @@ each test gets its own copy of the bundle directory.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,18 @@ def build_torch_bundle(root: Path) -> Path:
     bundle = Bundle(root=root, manifest=manifest)
     bundle.add_artifact("pytorch", root / "model.pt", format="pytorch")
     return root
+
+
+@pytest.fixture
+def make_dataset() -> Callable[..., Path]:
+    """Factory: ``make_dataset(root, per_class=6, train_scale=1.0)`` writes a colour dataset."""
+    return write_dataset
+
+
+@pytest.fixture
+def make_colour_image() -> Callable[..., Image.Image]:
+    """Factory: ``make_colour_image((r, g, b), seed)`` -> a noisy solid-colour image."""
+    return colour_image
 
 
 @pytest.fixture(scope="session")

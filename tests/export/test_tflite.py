@@ -18,7 +18,7 @@ from imgclf.errors import ConfigError
 from imgclf.export.api import export_bundle
 from imgclf.inference import Predictor
 
-from .conftest import LABELS
+LABELS = ["blue", "green", "red"]  # the fixture bundle's classes
 
 
 def test_missing_extra_is_a_clear_error(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
