@@ -205,7 +205,12 @@ def run_phase(
             local.client = httpx.Client(timeout=30)
         name, data = images[index % len(images)]
         started = time.perf_counter()
-        response = local.client.post(url, files={"file": (name, data, "image/jpeg")})
+        try:
+            response = local.client.post(url, files={"file": (name, data, "image/jpeg")})
+        except httpx.HTTPError:  # a timeout or reset is a failed request, not a failed run
+            with lock:
+                errors += 1
+            return
         elapsed = (time.perf_counter() - started) * 1000
         with lock:
             if response.status_code != 200:
