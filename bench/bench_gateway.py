@@ -235,13 +235,13 @@ def summarise(phases: list[Phase], concurrencies: list[int]) -> list[list[str]]:
     for concurrency in concurrencies:
         for mode in ("embedded", "gateway"):
             mine = [p for p in phases if p.mode == mode and p.concurrency == concurrency]
-            lat = [v for p in mine for v in p.latencies_ms]
+            lat = [v for p in mine for v in p.latencies_ms] or [float("nan")]
             throughput = statistics.median(len(p.latencies_ms) / p.wall_s for p in mine)
             rows.append(
                 [
                     mode,
                     str(concurrency),
-                    str(len(lat)),
+                    str(sum(len(p.latencies_ms) for p in mine)),
                     f"{statistics.median(lat):.1f}",
                     f"{percentile(lat, 0.95):.1f}",
                     f"{throughput:.1f}",
