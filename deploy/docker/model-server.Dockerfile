@@ -5,8 +5,8 @@
 #   docker run --rm -p 127.0.0.1:8001:8001 imgclf-model-server           # bundled clothing model
 #   docker run --rm -p 127.0.0.1:8001:8001 -v "$PWD/repo:/models:ro" imgclf-model-server
 #
-# The repository at /models is written at build time from the bundled model with
-# imgclf's Triton exporter (`imgclf export --format triton`); mount your own repository over it to serve other models (the
+# The repository at /models is written at build time from the bundled model by imgclf's Triton
+# exporter (imgclf.export.triton); mount your own repository over it to serve other models (the
 # server picks up new versions without a restart). No torch: ONNX Runtime runs the models.
 ARG BASE_IMAGE=python:3.11-slim
 
