@@ -349,3 +349,14 @@ def test_exported_onnx_evaluates_like_the_pytorch_weights(
     results = evaluate_bundle(torch_bundle, color_dataset, out_dir=run_dir, gallery_size=0)
     assert _document(run_dir)["model"]["artifact"] == "onnx"
     assert results["test"].count == len(records)
+
+
+@pytest.mark.parametrize("option", [["--gallery-size", "-1"], ["--batch-size", "0"]])
+def test_bad_numbers_are_usage_errors(
+    tiny_bundle: Path, capsys: pytest.CaptureFixture[str], option: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tiny_bundle), "--data", str(tiny_bundle), *option])
+
+    assert exit_info.value.code == 2
+    assert "must be" in capsys.readouterr().err

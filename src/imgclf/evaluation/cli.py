@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from imgclf.evaluation.runner import EvaluationRun
 
-#: Same as :data:`imgclf.evaluation.runner.ARTIFACT_CHOICES` (kept here so --help stays cheap).
+#: ``auto`` runs an exported model when the bundle has one, else the PyTorch weights.
 ARTIFACTS = ("auto", "pytorch", "onnx", "onnx-int8", "tflite")
 
 
@@ -25,6 +25,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
@@ -63,7 +70,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--artifact", choices=ARTIFACTS, default="auto", help="model to run")
     parser.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch")
     parser.add_argument(
-        "--gallery-size", type=int, default=24, help="confident mistakes shown per split"
+        "--gallery-size",
+        type=_non_negative_int,
+        default=24,
+        help="confident mistakes shown per split (0: no gallery)",
     )
     parser.add_argument("--threads", type=_positive_int, default=None, help="runtime threads")
     parser.set_defaults(handler=run_evaluate)
@@ -94,7 +104,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         out_dir=out_dir,
         splits=splits,
         artifact=args.artifact,
-        gallery_size=max(0, args.gallery_size),
+        gallery_size=args.gallery_size,
         batch_size=args.batch_size,
         threads=args.threads,
         progress=sys.stderr.isatty(),

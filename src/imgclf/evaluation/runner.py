@@ -35,8 +35,6 @@ from imgclf.preprocessing import PreprocessConfig, load_pixels, normalize
 
 log = logging.getLogger(__name__)
 
-#: Artifact choices of ``imgclf evaluate --artifact``.
-ARTIFACT_CHOICES: tuple[str, ...] = ("auto", "pytorch", "onnx", "onnx-int8", "tflite")
 #: Training writes its per-epoch history here, inside the bundle directory.
 HISTORY_NAME = "history.json"
 #: Threads decoding images while the model runs.
