@@ -15,7 +15,7 @@ _DEFAULTS: dict[str, Any] = {
     "patience": 3,
     "seed": 0,
     "workers": 4,
-    "augment": "light",
+    "augment": "trivial",
 }
 
 
@@ -62,7 +62,7 @@ def register(subparsers: Any) -> None:
         "--train-size",
         type=int,
         default=None,
-        help="fine-tuning input size (default: ~85%% of --image-size)",
+        help="fine-tuning input size (default: 80%% of --image-size)",
     )
     parser.add_argument(
         "--crop-pct",

@@ -115,8 +115,13 @@ def _head_stage(model: nn.Module, prep: Prepared, config: TrainConfig) -> dict[s
     train, val = prep.splits["train"], prep.splits["validation"]
     started = time.perf_counter()
     device, bf16 = prep.device, config.bf16
-    train_features = embed(model, train.eval_pixels, prep.preprocess, device=device, bf16=bf16)
-    train_labels = torch.from_numpy(train.labels)
+    train_features = torch.cat(
+        [
+            embed(model, train.eval_pixels, prep.preprocess, device=device, bf16=bf16),
+            embed(model, train.eval_pixels, prep.preprocess, device=device, bf16=bf16, flip=True),
+        ]
+    )
+    train_labels = torch.from_numpy(np.concatenate([train.labels, train.labels]))
     val_features = embed(model, val.eval_pixels, prep.preprocess, device=device, bf16=bf16)
     fit = fit_head(
         train_features,
