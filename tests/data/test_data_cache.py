@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_color_dataset
 from imgclf.data import cache, load_dataset
+from imgtools import write_color_dataset
 
 
 @pytest.fixture

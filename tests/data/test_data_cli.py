@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_color_dataset
 from imgclf.cli import main
+from imgtools import write_color_dataset
 
 
 @pytest.fixture

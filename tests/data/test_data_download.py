@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_color_dataset
 from imgclf.data import load_dataset
 from imgclf.data.download import content_digest, download_dataset, safe_extract
 from imgclf.data.sources import KNOWN_DATASETS, DatasetSource, get_source
 from imgclf.errors import ConfigError, DownloadError
+from imgtools import write_color_dataset
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import COLORS, encode_image, make_image, write_color_dataset
 from imgclf.data import DatasetProblem, load_dataset
 from imgclf.data.checks import check_images
 from imgclf.preprocessing import open_image
+from imgtools import COLORS, encode_image, make_image, write_color_dataset
 
 
 def write_bad_files(folder: Path) -> dict[str, str]:

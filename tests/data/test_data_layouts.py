@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COLORS, make_image, write_color_dataset
 from imgclf.bundle import DatasetSummary
 from imgclf.data import DatasetSplits, ImageRecord, load_dataset, load_folder
 from imgclf.errors import ConfigError, DatasetError
+from imgtools import COLORS, make_image, write_color_dataset
 
 CLASSES = sorted(COLORS)
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -15,26 +13,7 @@ from imgclf.cli import main
 from imgclf.data import ImageRecord, load_dataset, load_folder
 from imgclf.evaluation.cli import default_out_dir
 from imgclf.evaluation.runner import evaluate_bundle, predict_records
-
-
-def _load_shared_helpers() -> Any:
-    """The image generators of tests/conftest.py, loaded by path.
-
-    ``from conftest import ...`` resolves to whichever conftest.py pytest imported last (several
-    test folders have one), so the root file is loaded explicitly under its own name.
-    """
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("imgclf_shared_test_helpers", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_helpers = _load_shared_helpers()
-COLORS = _helpers.COLORS
-make_image = _helpers.make_image
-write_color_dataset = _helpers.write_color_dataset
+from imgtools import COLORS, make_image, write_color_dataset
 
 
 def _evaluate(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -69,7 +69,7 @@ def test_corrupt_images_are_reported_and_skipped(color_dataset: Path, tmp_path: 
 
 
 def test_single_folder_dataset_is_split(tmp_path: Path) -> None:
-    from conftest import write_color_dataset
+    from imgtools import write_color_dataset
 
     root = write_color_dataset(tmp_path / "flat", per_class=15, splits=("",))
     result = _train(root, tmp_path / "out", epochs=1)
@@ -116,7 +116,7 @@ def test_resume_without_checkpoint(color_dataset: Path, tmp_path: Path) -> None:
 
 
 def test_dataset_without_validation_images_is_refused(tmp_path: Path) -> None:
-    from conftest import write_color_dataset
+    from imgtools import write_color_dataset
 
     root = write_color_dataset(tmp_path / "data", per_class=1, splits=("train",))
     with pytest.raises(DatasetError):
