@@ -1,6 +1,7 @@
 """Accuracy benchmark: train the default recipe on clothing-small and record accuracy and time.
 
     python bench/bench_accuracy.py [--backbone lite0] [--out runs/bench-accuracy] [--no-docs]
+    python bench/bench_accuracy.py --from-bundle runs/clothing-lite0 --command "imgclf train ..."
 
 Trains with ``imgclf.training.train`` (the same code as ``imgclf train``) on the train split,
 selects the epoch on validation, and reports top-1/top-3/loss/macro-F1 on every split, the test
@@ -106,7 +107,26 @@ def main() -> None:
     parser.add_argument("--backbone", default="lite0")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument(
+        "--from-bundle",
+        type=Path,
+        default=None,
+        help="record an already trained bundle (its report/ and manifest) instead of training",
+    )
+    parser.add_argument("--command", default=None, help="with --from-bundle: how it was trained")
     args = parser.parse_args()
+    if args.from_bundle is not None:
+        from imgclf.bundle import load_bundle
+        from imgclf.training.trainer import TrainResult
+
+        bundle = load_bundle(args.from_bundle)
+        timings = bundle.manifest.training["timings"]
+        result = TrainResult(bundle, bundle.manifest.metrics, timings["total_s"], None, timings)
+        text = render(result, args.command or "imgclf train", timings["total_s"], "not recorded")
+        print(text)
+        if not args.no_docs:
+            update_docs(SECTION, text)
+        return
     from imgclf.training.recipe import TrainConfig
     from imgclf.training.trainer import train
 
