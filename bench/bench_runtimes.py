@@ -78,6 +78,7 @@ import sys
 from imgclf.inference import Predictor
 p = Predictor.from_bundle(sys.argv[1], artifact=sys.argv[2], threads=2)
 print(p.predict(sys.argv[3]).label)
+print(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
 """
 
 COLD_TORCH = """
@@ -92,6 +93,7 @@ model = load_torch_model(bundle)
 with torch.inference_mode():
     logits = model(torch.from_numpy(preprocess(sys.argv[3], bundle.preprocess_config)[None]))
 print(bundle.labels[int(logits.argmax())])
+print(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
 """
 
 
@@ -189,16 +191,20 @@ def measure_round(
 
 
 def cold_start(runtime: Runtime, jpeg: Path) -> tuple[float, float]:
-    """Seconds from spawning a process to its first prediction, and the process's peak RSS."""
+    """Seconds from spawning a process to its first prediction, and the process's peak RSS.
+
+    Peak RSS is the child's own VmHWM: ``ru_maxrss`` would include the memory of this (large)
+    process, which the child shares between fork and exec.
+    """
     args = [sys.executable, "-c", runtime.cold_code, *runtime.cold_args, str(jpeg)]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     start = time.perf_counter()
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(process.pid, 0)
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    out, err = process.communicate()
     elapsed = time.perf_counter() - start
-    if status != 0:
-        raise RuntimeError(f"{runtime.name} cold start failed: {process.stderr.read().decode()}")  # type: ignore[union-attr]
-    return elapsed, usage.ru_maxrss / 1024
+    if process.returncode != 0:
+        raise RuntimeError(f"{runtime.name} cold start failed: {err.decode()}")
+    return elapsed, int(out.split()[-1]) / 1024
 
 
 def test_top1(runtimes: list[Runtime], bundle_dir: Path, data: Path) -> None:
