@@ -126,3 +126,55 @@ def test_format_table_entry_point_needs_out(tiny_bundle: Path, tmp_path: Path) -
     model_dir = export_triton(tiny_bundle, out=tmp_path / "repo", version=3, max_batch_size=4)
     assert (model_dir / "3" / "model.onnx").is_file()
     assert parse_config(model_dir).max_batch_size == 4
+
+
+def test_export_cli_writes_a_triton_repository(tiny_bundle: Path, tmp_path: Path) -> None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from imgclf.cli import main
+
+    repo = tmp_path / "repo"
+    code = main(
+        [
+            "export",
+            str(tiny_bundle),
+            "--format",
+            "triton",
+            "--out",
+            str(repo),
+            "--model-name",
+            "colors",
+            "--version",
+            "3",
+            "--max-batch-size",
+            "4",
+        ]
+    )
+    assert code == 0
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse((repo / "colors" / "config.pbtxt").read_text(), config)
+    assert (config.name, config.max_batch_size) == ("colors", 4)
+    assert (repo / "colors" / "3" / "model.onnx").is_file()
+    assert (repo / "colors" / "labels.txt").read_text().split() == ["red", "green", "blue"]
+
+
+def test_export_cli_triton_rejects_options_it_does_not_take(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from imgclf.cli import main
+
+    code = main(
+        [
+            "export",
+            str(tiny_bundle),
+            "--format",
+            "triton",
+            "--out",
+            str(tmp_path),
+            "--calibration-images",
+            "5",
+        ]
+    )
+    assert code == 2
+    assert "does not accept --calibration-images" in capsys.readouterr().err

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.bundle import ArtifactInfo, Bundle, load_bundle
-from imgclf.errors import ConfigError
 from imgclf.export.formats import check_options, get_format
 
 log = logging.getLogger(__name__)
@@ -50,13 +49,12 @@ def export_bundle(bundle: Bundle | str | Path | None, format: str, **options: An
     exporter = fmt.load_exporter()
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
-    out = options.pop("out", None)
+    # Formats without a bundle artifact (triton) write to --out themselves.
+    out = options.pop("out", None) if fmt.artifact is not None else None
     path = exporter(bundle, **options)
     info = bundle.manifest.artifacts.get(fmt.artifact) if fmt.artifact else None
     serving = None
-    if out is not None:
-        if fmt.artifact is None:
-            raise ConfigError(f"format {fmt.name!r} does not write a bundle artifact")
+    if out is not None and fmt.artifact is not None:
         from imgclf.export.artifacts import write_serving_bundle
 
         serving = write_serving_bundle(bundle, out, [fmt.artifact])

@@ -127,9 +127,25 @@ OPTIONS: dict[str, ExportOption] = {
         ExportOption(
             "out",
             "also write a serving-only bundle (manifest + this artifact, no PyTorch weights) "
-            "to DIR",
+            "to DIR; for triton: the model repository to write",
             Path,
             "DIR",
+        ),
+        ExportOption(
+            "model_name", "triton: model name in the repository (default: bundle name)", str, "NAME"
+        ),
+        ExportOption("version", "triton: version directory to write (default 1)", int, "N"),
+        ExportOption(
+            "max_batch_size",
+            "triton: largest server batch, 0 disables batching (default 8)",
+            int,
+            "N",
+        ),
+        ExportOption(
+            "artifact",
+            "triton: bundle artifact to serve (default onnx)",
+            str,
+            choices=("auto", "onnx", "onnx-int8"),
         ),
     )
 }
@@ -165,6 +181,16 @@ FORMATS: dict[str, ExportFormat] = {
             "TFLite via litert-torch, checked against PyTorch with the LiteRT interpreter",
             extra="tflite",
             requires=("torch", "timm", "litert_torch", "ai_edge_litert"),
+        ),
+        ExportFormat(
+            "triton",
+            None,
+            "",
+            ("out", "model_name", "version", "max_batch_size", "artifact"),
+            "imgclf.export.triton:export_triton",
+            "Triton/KServe model repository at --out (config.pbtxt, ONNX, labels)",
+            extra="serve",
+            requires=("onnxruntime",),
         ),
     )
 }
