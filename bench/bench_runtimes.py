@@ -305,9 +305,8 @@ def main() -> None:
         test_top1(runtimes, bundle_dir, data)
     trained = "trained" if args.bundle is not None else "stand-in (ImageNet backbone, random head)"
     meta = {
-        "command": "nice -n 10 .venv/bin/python bench/bench_runtimes.py"
-        + (f" --bundle {args.bundle}" if args.bundle else "")
-        + (" --update-docs" if args.update_docs else ""),
+        # The command exactly as run, so the docs can be reproduced.
+        "command": " ".join([".venv/bin/python bench/bench_runtimes.py", *sys.argv[1:]]),
         "model": f"EfficientNet-Lite0 {config.input_size}px, {trained}",
         "threads": str(args.threads),
         "rounds": str(args.rounds),
