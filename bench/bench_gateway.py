@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import socket
 import statistics
@@ -36,8 +35,10 @@ from pathlib import Path
 
 import httpx
 
+import common
+from common import clothing_dir, markdown_table, pick_images
+
 REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Gateway vs embedded"
 
 
@@ -49,21 +50,6 @@ class Phase:
     wall_s: float
     errors: int
     answers: dict[str, str]
-
-
-def clothing_dir() -> Path:
-    env = os.environ.get("IMGCLF_CLOTHING_DIR")
-    return Path(env) if env else REPO / ".." / "shared" / "datasets" / "clothing-small"
-
-
-def pick_images(count: int) -> list[Path]:
-    """The first images of each class of the test split, interleaved across classes."""
-    test = clothing_dir() / "test"
-    if not test.is_dir():
-        sys.exit(f"clothing dataset not found at {test}; set IMGCLF_CLOTHING_DIR")
-    per_class = [sorted(d.glob("*.jpg")) for d in sorted(test.iterdir()) if d.is_dir()]
-    interleaved = [p for group in zip(*per_class, strict=False) for p in group]
-    return interleaved[:count]
 
 
 def has_onnx(path: Path) -> bool:
@@ -251,18 +237,9 @@ def summarise(phases: list[Phase], concurrencies: list[int]) -> list[list[str]]:
     return rows
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def update_docs(text: str) -> None:
-    content = DOCS.read_text(encoding="utf-8")
-    pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.DOTALL)
-    if not pattern.search(content):
-        sys.exit(f"{DOCS} has no '{SECTION}' section")
-    DOCS.write_text(pattern.sub(lambda _: text.rstrip() + "\n", content, count=1), "utf-8")
+    """Rewrite this benchmark's section of docs/benchmarks.md."""
+    common.update_docs(SECTION, text)
 
 
 def main() -> None:

@@ -29,8 +29,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import common
+from common import clothing_dir, pick_images
+
 REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs" / "benchmarks.md"
 SECTION = "## Lambda cold start"
 GOAL_MS = 1500.0
 
@@ -59,20 +61,6 @@ for i in range(int(sys.argv[2])):
     assert response["statusCode"] == 200, response
 print("BENCH " + json.dumps({"warm_ms": warm}), flush=True)
 """
-
-
-def clothing_dir() -> Path:
-    env = os.environ.get("IMGCLF_CLOTHING_DIR")
-    return Path(env) if env else REPO / ".." / "shared" / "datasets" / "clothing-small"
-
-
-def pick_images(count: int) -> list[Path]:
-    """The first test images of each class, interleaved across classes."""
-    test = clothing_dir() / "test"
-    if not test.is_dir():
-        sys.exit(f"clothing dataset not found at {test}; set IMGCLF_CLOTHING_DIR")
-    per_class = [sorted(d.glob("*.jpg")) for d in sorted(test.iterdir()) if d.is_dir()]
-    return [p for group in zip(*per_class, strict=False) for p in group][:count]
 
 
 def has_onnx(path: Path) -> bool:
@@ -218,11 +206,8 @@ def render(runs: list[dict[str, Any]], floor: list[float], meta: dict[str, str])
 
 
 def update_docs(text: str) -> None:
-    content = DOCS.read_text()
-    start = content.index(SECTION) + len(SECTION)
-    end = content.find("\n## ", start)
-    end = len(content) if end == -1 else end
-    DOCS.write_text(content[:start] + "\n\n" + text + content[end:])
+    """Rewrite this benchmark's section of docs/benchmarks.md."""
+    common.update_docs(SECTION, f"{SECTION}\n\n{text}")
 
 
 def main() -> None:

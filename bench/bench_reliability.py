@@ -33,16 +33,15 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from common import markdown_table, update_docs
 from serving_harness import (
     LoadResult,
     ServerProcess,
     closed_loop,
     load_test_jpegs,
-    markdown_table,
     open_loop,
     percentile,
     resolve_bundle,
-    update_docs,
 )
 
 SECTION = "## Reliability"

@@ -25,15 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from common import markdown_table, update_docs
 from serving_harness import (
     LoadResult,
     ServerProcess,
     closed_loop,
     load_test_jpegs,
-    markdown_table,
     percentile,
     resolve_bundle,
-    update_docs,
 )
 
 SECTION = "## REST serving throughput"

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import signal
 import socket
 import subprocess
@@ -20,13 +18,9 @@ from pathlib import Path
 
 import httpx
 
+from common import clothing_dir
+
 REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs" / "benchmarks.md"
-
-
-def clothing_dir() -> Path:
-    env = os.environ.get("IMGCLF_CLOTHING_DIR")
-    return Path(env) if env else REPO / ".." / "shared" / "datasets" / "clothing-small"
 
 
 def load_test_jpegs(limit: int | None = None) -> list[bytes]:
@@ -217,18 +211,3 @@ async def open_loop(
         await asyncio.gather(*tasks)
         result.wall_s = time.perf_counter() - start
     return result
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def update_docs(section: str, text: str) -> None:
-    """Replace one ``## section`` of docs/benchmarks.md (only that section)."""
-    content = DOCS.read_text(encoding="utf-8")
-    pattern = re.compile(rf"{re.escape(section)}\n.*?(?=\n## |\Z)", re.DOTALL)
-    if not pattern.search(content):
-        sys.exit(f"{DOCS} has no '{section}' section")
-    DOCS.write_text(pattern.sub(lambda _: text.rstrip() + "\n", content, count=1), "utf-8")
