@@ -7,6 +7,7 @@ Kept out of ``conftest.py`` on purpose: several test folders have a conftest of 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,12 @@ def build_color_onnx(path: Path, input_size: int = 32) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
+
+
+def clothing_dir() -> Path:
+    """The clothing-small dataset: ``$IMGCLF_CLOTHING_DIR`` or ``../shared`` beside the repo.
+
+    It may not exist; tests that need it skip when it is absent.
+    """
+    default = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "clothing-small"
+    return Path(os.environ.get("IMGCLF_CLOTHING_DIR", default)).resolve()

@@ -18,7 +18,7 @@ from imgclf.data import load_dataset
 from imgclf.data.download import content_digest, download_dataset, safe_extract
 from imgclf.data.sources import KNOWN_DATASETS, DatasetSource, get_source
 from imgclf.errors import ConfigError, DownloadError
-from imgtools import write_color_dataset
+from imgtools import clothing_dir, write_color_dataset
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -250,12 +250,6 @@ def test_registry_entry_for_clothing_small() -> None:
     assert entry.license == "CC0-1.0"
     with pytest.raises(ConfigError, match="known datasets: clothing-small"):
         get_source("imagenet")
-
-
-def clothing_dir() -> Path:
-    from test_data_layouts import clothing_dir as find
-
-    return find()
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 from imgclf.bundle import DatasetSummary
 from imgclf.data import DatasetSplits, ImageRecord, load_dataset, load_folder
 from imgclf.errors import ConfigError, DatasetError
-from imgtools import COLORS, make_image, write_color_dataset
+from imgtools import COLORS, clothing_dir, make_image, write_color_dataset
 
 CLASSES = sorted(COLORS)
 
@@ -274,11 +274,6 @@ def test_load_folder_refuses_unknown_classes(tmp_path: Path) -> None:
         load_folder(root / "test", ["red", "blue"])
     with pytest.raises(DatasetError, match="not a folder"):
         load_folder(root / "nope", ["red", "blue"])
-
-
-def clothing_dir() -> Path:
-    default = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "clothing-small"
-    return Path(os.environ.get("IMGCLF_CLOTHING_DIR", default))
 
 
 @pytest.mark.slow

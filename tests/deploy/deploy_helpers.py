@@ -28,6 +28,8 @@ from typing import Any
 import pytest
 import yaml
 
+from imgtools import clothing_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_DIR = REPO_ROOT / "deploy"
 DOCKER_DIR = DEPLOY_DIR / "docker"
@@ -49,12 +51,6 @@ CLOTHING_CLASSES = (
     "t-shirt",
 )
 TEST_TAG = "test"
-
-
-def clothing_dir() -> Path:
-    """The clothing-small dataset directory (may not exist)."""
-    default = REPO_ROOT / ".." / "shared" / "datasets" / "clothing-small"
-    return Path(os.environ.get("IMGCLF_CLOTHING_DIR", default)).resolve()
 
 
 def clothing_test_images(per_class: int) -> list[tuple[Path, str]]:

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from imgclf.bundle import MANIFEST_NAME, default_bundle_path, load_bundle
 from imgclf.evaluation.runner import evaluate_bundle
+from imgtools import clothing_dir
 
-CLOTHING = Path(
-    os.environ.get(
-        "IMGCLF_CLOTHING_DIR",
-        Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "clothing-small",
-    )
-)
+CLOTHING = clothing_dir()
 
 
 @pytest.mark.slow
