@@ -76,9 +76,12 @@ def test_single_folder_dataset_is_split(tmp_path: Path) -> None:
     assert set(result.metrics) == {"train", "validation", "test"}
 
 
-def test_resume_finishes_like_an_uninterrupted_run(color_dataset: Path, tmp_path: Path) -> None:
-    full = _train(color_dataset, tmp_path / "full")
-    config = TrainConfig(**FAST)
+@pytest.mark.parametrize("ema_decay", [0.0, 0.99])
+def test_resume_finishes_like_an_uninterrupted_run(
+    color_dataset: Path, tmp_path: Path, ema_decay: float
+) -> None:
+    full = _train(color_dataset, tmp_path / "full", ema_decay=ema_decay)
+    config = TrainConfig(**FAST, ema_decay=ema_decay)
     assert train(color_dataset, tmp_path / "split", config, report=False, stop_after=1) is None
     assert (tmp_path / "split" / "checkpoint.pt").is_file()
     resumed = train(color_dataset, tmp_path / "split", config, report=False, resume=True)
@@ -92,6 +95,19 @@ def test_resume_finishes_like_an_uninterrupted_run(color_dataset: Path, tmp_path
     assert [r["train_loss"] for r in resumed_history] == pytest.approx(
         [r["train_loss"] for r in full_history]
     )
+
+
+def test_ema_weights_are_averaged_and_checkpointed(color_dataset: Path, tmp_path: Path) -> None:
+    """With ema_decay the average is validated and kept: it trails the raw weights."""
+    config = TrainConfig(**FAST, ema_decay=0.9)
+    assert train(color_dataset, tmp_path / "run", config, report=False, stop_after=1) is None
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    raw, ema = saved["model"], saved["ema"]
+    assert raw.keys() == ema.keys()
+    trained = [k for k in raw if raw[k].is_floating_point() and "blocks.6" in k]
+    assert trained and any(not torch.equal(raw[k], ema[k]) for k in trained)
+    frozen = "conv_stem.weight"  # frozen during fine-tuning: the average cannot move
+    torch.testing.assert_close(raw[frozen], ema[frozen])
 
 
 def test_same_seed_same_model(color_dataset: Path, tmp_path: Path) -> None:
@@ -131,6 +147,7 @@ def test_dataset_without_validation_images_is_refused(tmp_path: Path) -> None:
         ({"augment": "extreme"}, "augment"),
         ({"image_size": 8}, "image sizes"),
         ({"layer_decay": 0}, "layer_decay"),
+        ({"ema_decay": 0.5}, "ema_decay"),
     ],
 )
 def test_bad_settings_are_explained(options: dict[str, object], message: str) -> None:

@@ -76,6 +76,12 @@ def register(subparsers: Any) -> None:
         "--augment", choices=("trivial", "light", "none"), default=_DEFAULTS["augment"]
     )
     parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=_DEFAULTS["ema_decay"],
+        help="keep and ship a moving average of the weights with this decay (0: off)",
+    )
+    parser.add_argument(
         "--patience",
         type=int,
         default=_DEFAULTS["patience"],

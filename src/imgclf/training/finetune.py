@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -128,6 +129,8 @@ def train_epoch(
         loss.backward()
         optimizer.step()
         state.step += 1
+        if state.ema is not None:
+            state.ema.update(model, step=state.step)
         total_loss += float(loss.detach()) * len(indices)
         correct += int((logits.argmax(1) == targets).sum())
         seen += len(indices)
@@ -150,6 +153,11 @@ class FinetuneState:
     total_steps: int
     warmup_steps: int
     step: int = 0
+    ema: ModelEmaV3 | None = None
+
+    def evaluated(self, model: nn.Module) -> nn.Module:
+        """The weights that are validated, kept and shipped: the moving average if there is one."""
+        return model if self.ema is None else self.ema.module
 
     def apply_lr(self, optimizer: torch.optim.Optimizer) -> float:
         """Set every group's learning rate for the current step; return the peak group's."""

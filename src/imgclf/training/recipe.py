@@ -50,6 +50,9 @@ class TrainConfig:
         crop_scale: Smallest area fraction RandomResizedCrop keeps.
         drop_rate: Dropout before the classifier.
         drop_path_rate: Stochastic depth rate.
+        ema_decay: Keep an exponential moving average of the weights with this decay (with
+            warm-up, so early steps move it faster) and validate, keep and ship the average
+            instead of the raw weights; 0 turns it off.
         patience: Stop after this many epochs without a better validation score.
         seed: Seed for splits, augmentation order and initialisation.
         val_fraction: Validation share carved from train when the data has no validation split.
@@ -79,6 +82,7 @@ class TrainConfig:
     crop_scale: float = 0.25
     drop_rate: float = 0.2
     drop_path_rate: float = 0.1
+    ema_decay: float = 0.0
     patience: int = 3
     seed: int = 0
     val_fraction: float = 0.1
@@ -111,6 +115,10 @@ class TrainConfig:
             ),
             (0.05 <= self.crop_scale <= 1, "crop_scale must be in [0.05, 1]"),
             (self.patience >= 1, "patience must be >= 1"),
+            (
+                self.ema_decay == 0 or 0.9 <= self.ema_decay < 1,
+                "ema_decay must be 0 (off) or in [0.9, 1)",
+            ),
             (self.workers >= 1, "workers must be >= 1"),
         ]
         for ok, message in checks:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 
 from imgclf.bundle import Bundle, Manifest, load_bundle
@@ -205,9 +206,14 @@ def _finetune(
         rng=rng,
         total_steps=steps_per_epoch * config.epochs,
         warmup_steps=round(steps_per_epoch * config.warmup_epochs),
+        ema=ModelEmaV3(model, decay=config.ema_decay, use_warmup=True)
+        if config.ema_decay
+        else None,
     )
     if resumed is not None:
         optimizer.load_state_dict(resumed["optimizer"])
+        if state.ema is not None:
+            state.ema.module.load_state_dict(resumed["ema"])
         state.step = resumed["step"]
         rng.bit_generator.state = resumed["rng"]["numpy"]
         torch.set_rng_state(resumed["rng"]["torch"])
@@ -222,7 +228,8 @@ def _finetune(
             state,
             f"epoch {epoch}/{config.epochs}",
         )
-        val_acc, val_loss = _validate(model, prep)
+        evaluated = state.evaluated(model)
+        val_acc, val_loss = _validate(evaluated, prep)
         loop.history.append(
             {
                 "epoch": epoch,
@@ -248,7 +255,7 @@ def _finetune(
         score = (val_acc, -val_loss)
         if score > loop.best_score:
             loop.best_score = score
-            loop.best_state = copy.deepcopy(model.state_dict())
+            loop.best_state = copy.deepcopy(evaluated.state_dict())
             loop.best_epoch = epoch
         # Patience counts fine-tuning epochs only: the head stage is a fallback, not a bar that
         # early, high-learning-rate epochs must clear.
@@ -263,6 +270,7 @@ def _finetune(
                 "labels": prep.dataset.classes,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "ema": None if state.ema is None else state.ema.module.state_dict(),
                 "step": state.step,
                 "rng": _rng_state(rng),
                 "loop": loop.__dict__,
@@ -280,6 +288,7 @@ def _load_checkpoint(path: Path, config: TrainConfig, labels: list[str]) -> dict
         "train_size",
         "crop_pct",
         "freeze_blocks",
+        "ema_decay",
         "batch_size",
         "seed",
     ):
