@@ -6,17 +6,10 @@ import argparse
 import dataclasses
 from typing import Any
 
-_DEFAULTS: dict[str, Any] = {
-    "backbone": "tf_efficientnet_lite0",
-    "epochs": 8,
-    "batch_size": 32,
-    "lr": 1e-3,
-    "freeze_blocks": 2,
-    "patience": 3,
-    "seed": 0,
-    "workers": 4,
-    "augment": "trivial",
-}
+from imgclf.training.recipe import TrainConfig
+
+#: Flag defaults are the recipe's (importing the recipe does not import torch).
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def register(subparsers: Any) -> None:
@@ -115,7 +108,6 @@ def register(subparsers: Any) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Handle ``imgclf train``."""
-    from imgclf.training.recipe import TrainConfig
     from imgclf.training.trainer import train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

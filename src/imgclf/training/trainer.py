@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
+from tqdm.auto import tqdm
 
 from imgclf.bundle import Bundle, Manifest, load_bundle
 from imgclf.data import DatasetSplits, load_dataset
@@ -242,14 +244,12 @@ def _finetune(
                 "seconds": stats.seconds,
             }
         )
-        log.info(
-            "epoch %d: train %.4f/%.3f val %.4f/%.3f (%.0fs)",
-            epoch,
-            stats.loss,
-            stats.accuracy,
-            val_loss,
-            val_acc,
-            stats.seconds,
+        # Beside the progress bars (stderr), one line per epoch stays on screen.
+        tqdm.write(
+            f"epoch {epoch}/{config.epochs}: train loss {stats.loss:.4f} acc {stats.accuracy:.3f}"
+            f" | val loss {val_loss:.4f} acc {val_acc:.4f}"
+            f"{' (moving average)' if state.ema is not None else ''} | {stats.seconds:.0f} s",
+            file=sys.stderr,
         )
         loop.epoch = epoch
         score = (val_acc, -val_loss)
