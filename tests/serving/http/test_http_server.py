@@ -153,6 +153,48 @@ def test_sigterm_finishes_in_flight_requests(
         httpx.get(f"{server.base}/health", timeout=2)
 
 
+def test_overload_is_refused_before_the_body_is_sent(
+    start_server: Callable[[list[str]], Server], tiny_bundle: Path, image_bytes: ImageBytes
+) -> None:
+    """At capacity, a request is refused from its headers alone: the 503 comes without the body."""
+    server = start_server(
+        [
+            str(HERE / "slow_server.py"),
+            str(tiny_bundle),
+            "{port}",
+            "1.5",
+            "max_batch_size=1",
+            "queue_size=2",
+        ]
+    )
+    payload = image_bytes("green")
+
+    def post(_: int) -> int:
+        files = {"file": ("x.jpg", payload, "image/jpeg")}
+        return httpx.post(f"{server.base}/predict", files=files, timeout=30).status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(post, i) for i in range(2)]
+        wait_in_flight(server.base, 2)
+        head = (
+            "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 5000000\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            started = time.monotonic()
+            sock.sendall(head.encode())  # and never the 5 MB body
+            answer = sock.recv(4096).decode("latin-1")
+            waited = time.monotonic() - started
+        codes = [f.result() for f in futures]
+    assert answer.startswith("HTTP/1.1 503"), answer
+    assert "retry-after: 1" in answer.lower()
+    assert "at capacity" in answer
+    assert waited < 1.0, f"refusal took {waited:.2f} s: the body was waited for"
+    assert codes == [200, 200]
+    metrics = httpx.get(f"{server.base}/metrics", timeout=5).text
+    assert 'imgclf_http_requests_total{method="POST",route="/predict",status="503"} 1.0' in metrics
+
+
 def test_cli_reports_bad_bundle_cleanly(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "imgclf", "serve", "--model", str(tmp_path / "missing")],

@@ -28,15 +28,19 @@ from imgclf import __version__
 from imgclf.errors import ImgclfError, InputError, OverloadedError, ServingError
 from imgclf.serving.backend import InferenceBackend
 from imgclf.serving.http import api, page, tfserving, v2
+from imgclf.serving.http.admission import AdmissionMiddleware
 from imgclf.serving.http.batching import MicroBatcher
 from imgclf.serving.http.dependencies import Services
 from imgclf.serving.http.metrics import ServiceMetrics
-from imgclf.serving.http.observability import RequestContextMiddleware, configure_logging
+from imgclf.serving.http.observability import (
+    RequestContextMiddleware,
+    configure_logging,
+    error_payload,
+)
 from imgclf.serving.http.security import TokenBucketLimiter, retry_after_header
 from imgclf.serving.http.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
-_PROTOCOL_PREFIXES = ("/v2", "/v1/")
 
 
 def create_app(
@@ -75,6 +79,9 @@ def create_app(
         app.include_router(router)
     page.mount_static(app)
     _add_error_handlers(app)
+    # The middleware added last runs first: request ids and logs, then CORS (so refusals carry
+    # its headers too), then admission, which refuses excess requests before their bodies are read.
+    app.add_middleware(AdmissionMiddleware, services=services)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -176,9 +183,7 @@ async def _stop(services: Services) -> None:
 
 
 def _error_body(request: Request, detail: str) -> dict[str, str]:
-    if request.url.path.startswith(_PROTOCOL_PREFIXES):
-        return {"detail": detail, "error": detail}
-    return {"detail": detail}
+    return error_payload(request.url.path, detail)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

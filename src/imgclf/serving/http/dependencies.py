@@ -7,14 +7,13 @@ backend=...)`` or ``app.dependency_overrides`` instead of patching modules.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from imgclf.errors import ModelNotReadyError, OverloadedError
+from imgclf.errors import ModelNotReadyError
 from imgclf.inference.fetch import FetchPolicy
 from imgclf.serving.backend import InferenceBackend
 from imgclf.serving.http.batching import MicroBatcher
@@ -103,32 +102,10 @@ def enforce_rate_limit(request: Request, services: ServicesDep) -> None:
         )
 
 
-async def admit_request(services: ServicesDep) -> AsyncIterator[None]:
-    """Bound the requests in progress (decoding, queued or running); refuse the rest at once.
-
-    The micro-batcher's queue only sees decoded images; without this bound, requests would pile
-    up before it (reading bodies, decoding) and latency would grow without limit under overload.
-
-    Raises:
-        OverloadedError: ``queue_size`` requests are already in progress (503 + Retry-After).
-    """
-    limit = services.settings.queue_size
-    if services.admitted >= limit:
-        raise OverloadedError(
-            f"the service is at capacity ({services.admitted} requests in progress, limit "
-            f"{limit}); retry after 1 s",
-            1.0,
-        )
-    services.admitted += 1
-    try:
-        yield
-    finally:
-        services.admitted -= 1
-
-
-#: Put on every inference route: API key first (cheap, no state), rate limit, then admission.
+#: Put on every inference route: API key first (cheap, no state), then the rate limit.
+#: Admission (the bound on requests in progress) runs earlier, before the body is read: see
+#: :mod:`imgclf.serving.http.admission`.
 InferenceGuards = [
     Depends(require_api_key),
     Depends(enforce_rate_limit),
-    Depends(admit_request),
 ]

@@ -29,6 +29,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REQUEST_ID_HEADER = "x-request-id"
+#: Paths of the KServe V2 and TF Serving protocols, whose clients expect an ``"error"`` field.
+PROTOCOL_PREFIXES = ("/v2", "/v1/")
+#: Scope key a middleware sets to name the route of a request it answers before routing.
+ROUTE_TEMPLATE_KEY = "imgclf.route_template"
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 access_logger = logging.getLogger("imgclf.access")
@@ -126,9 +130,8 @@ class RequestContextMiddleware:
 
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await _send_json(
-                send_with_id, 413, str(PayloadTooLargeError(self.max_body_bytes).detail)
-            )
+            detail = str(PayloadTooLargeError(self.max_body_bytes).detail)
+            await send_json(send_with_id, 413, error_payload(scope.get("path", ""), detail))
             return
         await self.app(scope, self._capped(receive), send_with_id)
 
@@ -149,7 +152,7 @@ class RequestContextMiddleware:
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         route = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
+        template = getattr(route, "path", None) or scope.get(ROUTE_TEMPLATE_KEY) or "unmatched"
         method = scope.get("method", "")
         self.metrics.requests.labels(template, method, str(status)).inc()
         self.metrics.latency.labels(template, method).observe(seconds)
@@ -171,8 +174,22 @@ class RequestContextMiddleware:
         )
 
 
-async def _send_json(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
+def error_payload(path: str, detail: str) -> dict[str, str]:
+    """The JSON error body: ``{"detail": ...}``, plus ``"error"`` on the V2 and TF Serving paths."""
+    if path.startswith(PROTOCOL_PREFIXES):
+        return {"detail": detail, "error": detail}
+    return {"detail": detail}
+
+
+async def send_json(
+    send: Send,
+    status: int,
+    payload: dict[str, str],
+    *,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Answer with a JSON body and close the connection (for requests whose body is unread)."""
+    body = json.dumps(payload).encode()
     await send(
         {
             "type": "http.response.start",
@@ -181,6 +198,7 @@ async def _send_json(send: Send, status: int, detail: str) -> None:
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
+                *(headers or []),
             ],
         }
     )

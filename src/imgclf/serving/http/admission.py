@@ -1,0 +1,77 @@
+"""Admission control: bound the inference requests in progress, refuse the rest before reading them.
+
+Under overload the cheapest answer is the one given before any work is done. A FastAPI
+dependency only runs after the request body has been received and parsed (multipart parsing,
+JSON decoding), so a dependency-based check makes every refused request pay for its upload
+and puts it behind the accepted ones on a saturated event loop. This pure ASGI middleware looks
+only at the method and path, which are known when the request line arrives, and answers
+503 + ``Retry-After`` without touching the body (the connection is closed, as the unread body
+cannot be skipped). Accepted requests are counted until their response is sent, so the bound
+covers receiving, decoding, queueing and inference.
+"""
+
+from __future__ import annotations
+
+import re
+
+from imgclf.serving.http.dependencies import Services
+from imgclf.serving.http.observability import (
+    ROUTE_TEMPLATE_KEY,
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    error_payload,
+    send_json,
+)
+
+#: POST paths that run the model, with the route template each is counted under in metrics.
+INFERENCE_ROUTES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^/predict$"), "/predict"),
+    (re.compile(r"^/predict/batch$"), "/predict/batch"),
+    (re.compile(r"^/v2/models/[^/]+/infer$"), "/v2/models/{name}/infer"),
+    (
+        re.compile(r"^/v2/models/[^/]+/versions/[^/]+/infer$"),
+        "/v2/models/{name}/versions/{version}/infer",
+    ),
+    (re.compile(r"^/v1/models/[^/]+:predict$"), "/v1/models/{name}:predict"),
+)
+
+
+def inference_route(scope: Scope) -> str | None:
+    """The route template of a POST that decodes images and runs the model, else None."""
+    if scope.get("method") != "POST":
+        return None
+    path = scope.get("path", "")
+    return next((template for pattern, template in INFERENCE_ROUTES if pattern.match(path)), None)
+
+
+class AdmissionMiddleware:
+    """At most ``services.settings.queue_size`` inference requests in progress; 503 for the rest."""
+
+    def __init__(self, app: ASGIApp, *, services: Services) -> None:
+        self.app = app
+        self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse at once when full; otherwise count the request until it is answered."""
+        template = inference_route(scope) if scope["type"] == "http" else None
+        if template is None:
+            await self.app(scope, receive, send)
+            return
+        services = self.services
+        limit = services.settings.queue_size
+        if services.admitted >= limit:
+            scope[ROUTE_TEMPLATE_KEY] = template  # the router never sees this request
+            detail = (
+                f"the service is at capacity ({services.admitted} requests in progress, limit "
+                f"{limit}); retry after 1 s"
+            )
+            payload = error_payload(scope.get("path", ""), detail)
+            await send_json(send, 503, payload, headers=[(b"retry-after", b"1")])
+            return
+        services.admitted += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            services.admitted -= 1
