@@ -75,14 +75,38 @@ def test_int8_export_records_its_accuracy_drop(onnx_bundle: Path, colour_data: P
         info.metrics["val_top1_fp32"] - info.metrics["val_top1_int8"]
     )
     assert info.details["calibration"]["images"] == 12
+    kept = info.details["fp32_nodes"]
+    assert len(kept) == 2  # the stem convolution and the classifier
     assert info.bytes < 0.4 * load_bundle(onnx_bundle).manifest.artifacts["onnx"].bytes
     model = onnx.load(str(onnx_bundle / "model.int8.onnx"))
     ops = {node.op_type for node in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    by_name = {node.name: node for node in model.graph.node}
+    stem = by_name[kept[0]]
+    assert stem.op_type == "Conv" and stem.input[0] == model.graph.input[0].name  # not dequantised
+    assert by_name[kept[1]].op_type in ("Gemm", "MatMul")
     assert "imgclf.labels" in {p.key for p in model.metadata_props}
     predictor = Predictor.from_bundle(onnx_bundle)
     assert predictor.artifact == "onnx-int8"
     assert predictor.predict(next((colour_data / "test" / "red").iterdir())).label == "red"
+
+
+def test_histogram_calibration_uses_equal_batches(onnx_bundle: Path, colour_data: Path) -> None:
+    """Percentile calibration on 20 images: one full batch of 16 is used, the rest dropped."""
+    export_bundle(
+        onnx_bundle,
+        "onnx-int8",
+        data=colour_data,
+        calibration_images=20,
+        calibration_method="percentile",
+        force=True,
+    )
+    info = load_bundle(onnx_bundle).manifest.artifacts["onnx-int8"]
+    assert info.details["calibration"] == {
+        "method": "percentile",
+        "images": 16,
+        "images_from": info.details["calibration"]["images_from"],
+    }
 
 
 def test_int8_needs_data(onnx_bundle: Path) -> None:

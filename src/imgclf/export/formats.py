@@ -113,13 +113,13 @@ OPTIONS: dict[str, ExportOption] = {
         ExportOption("force", "keep a model that fails its accuracy or parity check", None),
         ExportOption(
             "calibration_images",
-            "training images used to calibrate int8 activations (default 300)",
+            "training images used to calibrate int8 activations (default 304)",
             int,
             "N",
         ),
         ExportOption(
             "calibration_method",
-            "how int8 activation ranges are chosen (default minmax)",
+            "how int8 activation ranges are chosen (default percentile)",
             str,
             choices=("minmax", "entropy", "percentile"),
         ),
