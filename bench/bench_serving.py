@@ -4,8 +4,8 @@ In one run, on the same machine and bundle:
 
 - **model ceiling**: ``Predictor.run_pixels`` on pre-decoded batches (no decode, no HTTP);
 - **model + decode**: the same, decoding the JPEGs in-process first (what the server must also do);
-- **REST, micro-batched**: ``imgclf serve`` (uvicorn subprocess) with many concurrent httpx clients
-  posting real clothing test JPEGs to ``/predict``;
+- **REST, micro-batched**: ``imgclf serve`` (uvicorn subprocess) with many concurrent keep-alive
+  clients posting real clothing test JPEGs to ``/predict``;
 - **REST, naive**: the same server with ``--max-batch-size 1`` (one request, one model call).
 
 Usage::
@@ -151,7 +151,8 @@ def main() -> None:
     print(table)
     meta = (
         f"Bundle `{bundle.name}` (artifact `{artifact}`), {len(images)} clothing test JPEGs, "
-        f"{args.concurrency} concurrent httpx clients, {args.requests} requests per server phase, "
+        f"{args.concurrency} concurrent keep-alive clients (raw asyncio HTTP/1.1), "
+        f"{args.requests} requests per server phase, "
         f"runtime threads {args.threads}, Python {platform.python_version()}. Clients, server "
         "and model share the same 2 cores."
     )
