@@ -11,7 +11,9 @@ pulls in torch (training, export) or FastAPI (serving)::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from imgclf._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from imgclf.inference.predictor import Predictor
     from imgclf.preprocessing import PreprocessConfig
 
-_LAZY = {
+_LAZY: dict[str, str] = {
     "Bundle": "imgclf.bundle",
     "load_bundle": "imgclf.bundle",
     "Predictor": "imgclf.inference.predictor",
@@ -30,10 +32,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import public names on first use (PEP 562)."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'imgclf' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -15,7 +15,9 @@ Names load on first use (PEP 562), so ``imgclf.data.cli`` stays cheap to import 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from imgclf._lazy import lazy_exports
 
 __all__ = [
     "KNOWN_DATASETS",
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from imgclf.data.download import download_dataset
     from imgclf.data.sources import KNOWN_DATASETS, DatasetSource
 
-_LAZY = {
+_LAZY: dict[str, str] = {
     "DatasetProblem": "imgclf.data.dataset",
     "DatasetSplits": "imgclf.data.dataset",
     "ImageRecord": "imgclf.data.dataset",
@@ -51,10 +53,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import public names on first use (PEP 562)."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'imgclf.data' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -11,8 +11,9 @@ The public API (heavy pieces load on first use, so importing this package stays 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from imgclf._lazy import lazy_exports
 
 __all__ = [
     "SplitMetrics",
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from imgclf.evaluation.results import SplitPredictions
     from imgclf.evaluation.runner import evaluate_bundle, predict_records
 
-_LAZY = {
+_LAZY: dict[str, str] = {
     "SplitMetrics": "imgclf.evaluation.metrics",
     "compute_metrics": "imgclf.evaluation.metrics",
     "SplitPredictions": "imgclf.evaluation.results",
@@ -39,8 +40,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import public names on first use (PEP 562)."""
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'imgclf.evaluation' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -9,8 +9,9 @@ Names load on first use (PEP 562), so ``import imgclf.training`` does not import
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from imgclf._lazy import lazy_exports
 
 __all__ = ["TrainConfig", "TrainResult", "create_model", "load_torch_model", "train"]
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from imgclf.training.recipe import TrainConfig
     from imgclf.training.trainer import TrainResult, train
 
-_LAZY = {
+_LAZY: dict[str, str] = {
     "TrainConfig": "imgclf.training.recipe",
     "TrainResult": "imgclf.training.trainer",
     "train": "imgclf.training.trainer",
@@ -28,8 +29,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import public names on first use (PEP 562)."""
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'imgclf.training' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
