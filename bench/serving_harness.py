@@ -194,26 +194,33 @@ class RawConnection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def request(self, data: bytes, timeout_s: float = 60.0) -> int:
-        """Send one request; return its status code (the connection is reopened as needed)."""
-        async with asyncio.timeout(timeout_s):
-            if self.writer is None or self.reader is None:
-                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-            self.writer.write(data)
-            try:
-                head = await self.reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                self.close()
-                raise
-            lines = head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split()[1])
-            headers = dict(
-                (key.strip().lower(), value.strip())
-                for key, _, value in (line.partition(":") for line in lines[1:] if line)
-            )
-            await self.reader.readexactly(int(headers.get("content-length", "0")))
-            if headers.get("connection", "").lower() == "close":
-                self.close()
-            return status
+        """Send one request; return its status code (the connection is reopened as needed).
+
+        Any failure (timeout, reset, garbled answer) closes the connection, so a late answer
+        can never be read as the reply to the next request.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._exchange(data)
+        except BaseException:
+            self.close()
+            raise
+
+    async def _exchange(self, data: bytes) -> int:
+        if self.writer is None or self.reader is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(data)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = dict(
+            (key.strip().lower(), value.strip())
+            for key, _, value in (line.partition(":") for line in lines[1:] if line)
+        )
+        await self.reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status
 
     def close(self) -> None:
         if self.writer is not None:

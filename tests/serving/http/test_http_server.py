@@ -119,28 +119,31 @@ def test_cli_serves_api_page_and_json_logs(
     assert any("serving model colors" in e["message"] for e in entries)
 
 
+def start_slow_server(
+    start_server: Callable[[list[str]], Server], bundle: Path, delay_s: float, *settings: str
+) -> Server:
+    """``slow_server.py``: the real service, its model sleeping ``delay_s`` per call."""
+    return start_server(
+        [str(HERE / "slow_server.py"), str(bundle), "{port}", str(delay_s), *settings]
+    )
+
+
+def post_jpeg(base: str, payload: bytes) -> int:
+    """Upload ``payload`` to ``/predict``; the status code."""
+    files = {"file": ("x.jpg", payload, "image/jpeg")}
+    return httpx.post(f"{base}/predict", files=files, timeout=30).status_code
+
+
 def test_sigterm_finishes_in_flight_requests(
     start_server: Callable[[list[str]], Server], tiny_bundle: Path, image_bytes: ImageBytes
 ) -> None:
     """Six slow requests in flight when SIGTERM arrives: all answered, then a clean exit."""
-    server = start_server(
-        [
-            str(HERE / "slow_server.py"),
-            str(tiny_bundle),
-            "{port}",
-            "0.4",
-            "max_batch_size=1",
-            "graceful_shutdown_s=10",
-        ]
+    server = start_slow_server(
+        start_server, tiny_bundle, 0.4, "max_batch_size=1", "graceful_shutdown_s=10"
     )
     payload = image_bytes("green")
-
-    def post(_: int) -> int:
-        files = {"file": ("x.jpg", payload, "image/jpeg")}
-        return httpx.post(f"{server.base}/predict", files=files, timeout=30).status_code
-
     with ThreadPoolExecutor(6) as pool:
-        futures = [pool.submit(post, i) for i in range(6)]
+        futures = [pool.submit(post_jpeg, server.base, payload) for _ in range(6)]
         wait_in_flight(server.base, 6)
         sent = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
@@ -157,24 +160,10 @@ def test_overload_is_refused_before_the_body_is_sent(
     start_server: Callable[[list[str]], Server], tiny_bundle: Path, image_bytes: ImageBytes
 ) -> None:
     """At capacity, a request is refused from its headers alone: the 503 comes without the body."""
-    server = start_server(
-        [
-            str(HERE / "slow_server.py"),
-            str(tiny_bundle),
-            "{port}",
-            "1.5",
-            "max_batch_size=1",
-            "queue_size=2",
-        ]
-    )
+    server = start_slow_server(start_server, tiny_bundle, 1.5, "max_batch_size=1", "queue_size=2")
     payload = image_bytes("green")
-
-    def post(_: int) -> int:
-        files = {"file": ("x.jpg", payload, "image/jpeg")}
-        return httpx.post(f"{server.base}/predict", files=files, timeout=30).status_code
-
     with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(post, i) for i in range(2)]
+        futures = [pool.submit(post_jpeg, server.base, payload) for _ in range(2)]
         wait_in_flight(server.base, 2)
         head = (
             "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
