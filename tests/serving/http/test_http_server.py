@@ -156,6 +156,31 @@ def test_sigterm_finishes_in_flight_requests(
         httpx.get(f"{server.base}/health", timeout=2)
 
 
+def test_requests_cut_off_by_the_grace_period_get_503_not_500(
+    start_server: Callable[[list[str]], Server], tiny_bundle: Path, image_bytes: ImageBytes
+) -> None:
+    """Requests still running when the grace period ends are answered 503 + Retry-After."""
+    server = start_slow_server(
+        start_server, tiny_bundle, 2.0, "max_batch_size=1", "graceful_shutdown_s=0.3"
+    )
+    payload = image_bytes("green")
+
+    def post(_: int) -> httpx.Response:
+        files = {"file": ("x.jpg", payload, "image/jpeg")}
+        return httpx.post(f"{server.base}/predict", files=files, timeout=30)
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(post, i) for i in range(2)]
+        wait_in_flight(server.base, 2)
+        server.process.send_signal(signal.SIGTERM)
+        responses = [f.result() for f in futures]
+    assert [r.status_code for r in responses] == [503, 503]
+    for response in responses:
+        assert response.headers["retry-after"] == "1"
+        assert "graceful shutdown period exceeded" in response.json()["detail"]
+    assert server.process.wait(15) in CLEAN_EXIT
+
+
 def test_overload_is_refused_before_the_body_is_sent(
     start_server: Callable[[list[str]], Server], tiny_bundle: Path, image_bytes: ImageBytes
 ) -> None:

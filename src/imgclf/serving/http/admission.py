@@ -8,21 +8,33 @@ only at the method and path, which are known when the request line arrives, and 
 503 + ``Retry-After`` without touching the body (the connection is closed, as the unread body
 cannot be skipped). Accepted requests are counted until their response is sent, so the bound
 covers receiving, decoding, queueing and inference.
+
+When a SIGTERM's grace period runs out, uvicorn cancels the requests still in progress and would
+answer them 500 Internal Server Error; here they get 503 + ``Retry-After`` instead, which says
+what happened (this replica went away) and that the request can be sent again elsewhere.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from imgclf.serving.http.dependencies import Services
 from imgclf.serving.http.observability import (
     ROUTE_TEMPLATE_KEY,
     ASGIApp,
+    Message,
     Receive,
     Scope,
     Send,
     error_payload,
     send_json,
+)
+
+#: Answer given to a request cancelled when the shutdown grace period ran out.
+SHUTDOWN_DETAIL = (
+    "the service shut down before this request was finished (graceful shutdown period "
+    "exceeded); retry on another replica"
 )
 
 #: POST paths that run the model, with the route template each is counted under in metrics.
@@ -71,7 +83,19 @@ class AdmissionMiddleware:
             await send_json(send, 503, payload, headers=[(b"retry-after", b"1")])
             return
         services.admitted += 1
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            if not started:  # the server gave up on it: say so, instead of uvicorn's bare 500
+                payload = error_payload(scope.get("path", ""), SHUTDOWN_DETAIL)
+                await send_json(send, 503, payload, headers=[(b"retry-after", b"1")])
+            raise
         finally:
             services.admitted -= 1
