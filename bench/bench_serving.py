@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,21 +40,34 @@ from serving_harness import (
 SECTION = "## REST serving throughput"
 
 
+@dataclass
+class Ceiling:
+    """In-process figures: throughput of the model alone and of decode + model, and CPU cost."""
+
+    model_only: float
+    with_decode: float
+    model_cpu_ms: float
+    decode_cpu_ms: float
+    artifact: str
+
+
 def model_ceiling(
     bundle: Path, images: list[bytes], *, threads: int, batch: int, seconds: float
-) -> tuple[float, float, str]:
-    """Images/s of the model alone and of decode + model, in this process."""
+) -> Ceiling:
+    """Images/s of the model alone and of decode + model in this process, with CPU per image."""
     from imgclf.inference import Predictor
 
     predictor = Predictor.from_bundle(bundle, threads=threads)
     pixels = np.stack([predictor.load_pixels(data) for data in images])
     predictor.run_pixels(pixels[:batch])  # warm-up
 
-    def pace(step: callable) -> float:  # type: ignore[valid-type]
-        done, start = 0, time.perf_counter()
+    def pace(step: callable) -> tuple[float, float]:  # type: ignore[valid-type]
+        """Images/s and process CPU ms per image (every runtime thread included)."""
+        done, start, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < seconds:
             done += step(done)
-        return done / (time.perf_counter() - start)
+        cpu_ms = 1000 * (time.process_time() - cpu) / done
+        return done / (time.perf_counter() - start), cpu_ms
 
     def model_only(done: int) -> int:
         start = done % (len(pixels) - batch)
@@ -65,7 +80,16 @@ def model_ceiling(
         predictor.run_pixels(chunk)
         return batch
 
-    return pace(model_only), pace(with_decode), predictor.artifact
+    def decode_only(done: int) -> int:
+        start = done % (len(images) - batch)
+        for data in images[start : start + batch]:
+            predictor.load_pixels(data)
+        return batch
+
+    model_rate, model_cpu = pace(model_only)
+    decode_rate, _ = pace(with_decode)
+    _, decode_cpu = pace(decode_only)
+    return Ceiling(model_rate, decode_rate, model_cpu, decode_cpu, predictor.artifact)
 
 
 def serve_and_load(
@@ -75,6 +99,7 @@ def serve_and_load(
     try:
         url = f"{server.base}/predict"
         asyncio.run(closed_loop(url, images, concurrency=8, requests=40, max_seconds=30))
+        cpu_before = server.cpu_s
         result = asyncio.run(
             closed_loop(
                 url,
@@ -84,6 +109,7 @@ def serve_and_load(
                 max_seconds=args.max_seconds,
             )
         )
+        result.server_cpu_s = server.cpu_s - cpu_before
         return result, server.rss_mb
     finally:
         server.terminate()
@@ -99,6 +125,8 @@ def row(name: str, result: LoadResult, ceiling: float, rss: float) -> list[str]:
         f"{statistics.median(lat):.0f}" if lat else "-",
         f"{percentile(lat, 99):.0f}" if lat else "-",
         str(failed),
+        f"{1000 * result.server_cpu_s / max(1, result.ok):.1f}",
+        f"{100 * result.server_cpu_s / result.wall_s:.0f}%" if result.wall_s else "-",
         f"{1000 * result.client_cpu_s / max(1, result.ok):.2f}",
         f"{rss:.0f}",
     ]
@@ -118,10 +146,11 @@ def main() -> None:
 
     bundle = resolve_bundle(args.bundle)
     images = load_test_jpegs()
-    model_only, with_decode, artifact = model_ceiling(
+    ceiling = model_ceiling(
         bundle, images, threads=args.threads, batch=args.batch, seconds=args.ceiling_seconds
     )
-    print(f"ceiling {model_only:.1f} images/s, with decode {with_decode:.1f}", flush=True)
+    model_only = ceiling.model_only
+    print(f"ceiling {model_only:.1f} images/s, with decode {ceiling.with_decode:.1f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         batched, batched_rss = serve_and_load(
             bundle, images, Path(tmp) / "batched.log", args, "--max-batch-size", str(args.batch)
@@ -132,35 +161,60 @@ def main() -> None:
         )
 
     header = [
-        "mode", "images/s", "of ceiling", "p50 ms", "p99 ms", "failed", "client CPU ms/req",
-        "server RSS MB",
+        "mode", "images/s", "of ceiling", "p50 ms", "p99 ms", "failed", "CPU ms/img",
+        "CPU use", "client CPU ms/req", "server RSS MB",
     ]  # fmt: skip
-    dash = ["-"] * 5
+    both = ceiling.model_cpu_ms + ceiling.decode_cpu_ms
     rows = [
-        ["model ceiling (pre-decoded batches)", f"{model_only:.1f}", "100%", *dash],
+        [
+            "model ceiling (pre-decoded batches)",
+            f"{model_only:.1f}",
+            "100%",
+            *["-"] * 3,
+            f"{ceiling.model_cpu_ms:.1f}",
+            *["-"] * 3,
+        ],
+        [
+            "JPEG decode + resize alone, one thread",
+            *["-"] * 5,
+            f"{ceiling.decode_cpu_ms:.1f}",
+            *["-"] * 3,
+        ],
         [
             "model + JPEG decode, in-process",
-            f"{with_decode:.1f}",
-            f"{100 * with_decode / model_only:.0f}%",
-            *dash,
+            f"{ceiling.with_decode:.1f}",
+            f"{100 * ceiling.with_decode / model_only:.0f}%",
+            *["-"] * 3,
+            f"{both:.1f}",
+            *["-"] * 3,
         ],
         row(f"REST micro-batched (max batch {args.batch})", batched, model_only, batched_rss),
         row("REST naive (one request, one model call)", naive, model_only, naive_rss),
     ]
+    cores = os.cpu_count() or 1
+    bound = 1000 * cores / both
+    budget = (
+        f"CPU budget: the model costs {ceiling.model_cpu_ms:.1f} ms of CPU per image and decoding "
+        f"{ceiling.decode_cpu_ms:.1f} ms, so {cores} fully used cores can serve at most "
+        f"{bound:.0f} images/s ({100 * bound / model_only:.0f}% of the ceiling) even if HTTP, "
+        "parsing and queueing cost nothing."
+    )
     table = markdown_table(header, rows)
     print(table)
     meta = (
-        f"Bundle `{bundle.name}` (artifact `{artifact}`), {len(images)} clothing test JPEGs, "
+        f"Bundle `{bundle.name}` (artifact `{ceiling.artifact}`), "
+        f"{len(images)} clothing test JPEGs, "
         f"{args.concurrency} concurrent keep-alive clients (raw asyncio HTTP/1.1), "
         f"{args.requests} requests per server phase, "
         f"runtime threads {args.threads}, Python {platform.python_version()}. Clients, server "
         "and model share the same 2 cores."
     )
     print(meta)
+    print(budget)
     if args.update_docs:
         command = "`.venv/bin/python bench/bench_serving.py --update-docs"
         command += f" --bundle {args.bundle}`" if args.bundle else "`"
-        update_docs(SECTION, f"{SECTION}\n\n{command}\n\n{meta}\n\n{table}\n")
+        update_docs(SECTION, f"{SECTION}\n\n{command}\n\n{meta}\n\n{table}\n\n{budget}\n")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -68,6 +69,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far, all of its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class ServerProcess:
     """``imgclf serve`` in a subprocess on a free loopback port."""
 
@@ -108,6 +115,11 @@ class ServerProcess:
     def rss_mb(self) -> float:
         return rss_mb(self.process.pid)
 
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds the server has used since it started."""
+        return cpu_seconds(self.process.pid)
+
     def terminate(self, timeout_s: float = 30.0) -> float:
         """SIGTERM and wait; returns seconds until the process exited."""
         start = time.monotonic()
@@ -131,6 +143,7 @@ class LoadResult:
     errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     client_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0
     refused_ms: list[float] = field(default_factory=list)
 
     @property
