@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from common import markdown_table, update_docs
+from common import command_line, markdown_table, update_docs
 from serving_harness import (
     LoadResult,
     ServerProcess,
@@ -235,8 +235,7 @@ def report(
     return "\n\n".join(
         [
             f"{SECTION}\n",
-            "`.venv/bin/python bench/bench_reliability.py --update-docs"
-            + (f" --bundle {args.bundle}`" if args.bundle else "`"),
+            command_line(),
             "**Bad inputs** (each sent 5 times to `/predict`; time is the client's round trip; ok "
             "means every answer 4xx, median under the limit and max under 1 s):",
             bad,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import markdown_table, update_docs
+from common import command_line, markdown_table, update_docs
 from serving_harness import (
     LoadResult,
     ServerProcess,
@@ -212,8 +212,7 @@ def main() -> None:
     print(meta)
     print(budget)
     if args.update_docs:
-        command = "`.venv/bin/python bench/bench_serving.py --update-docs"
-        command += f" --bundle {args.bundle}`" if args.bundle else "`"
+        command = command_line()
         update_docs(SECTION, f"{SECTION}\n\n{command}\n\n{meta}\n\n{table}\n\n{budget}\n")
 
 
