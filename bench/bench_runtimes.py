@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -34,26 +33,17 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs" / "benchmarks.md"
+from common import clothing_dir, command_line, update_docs
+
 SECTION = "## Runtimes: size, latency, throughput, cold start, memory"
-CLOTHING = [
-    "dress",
-    "hat",
-    "longsleeve",
-    "outwear",
-    "pants",
-    "shirt",
-    "shoes",
-    "shorts",
-    "skirt",
-    "t-shirt",
-]
 
 
-def clothing_dir() -> Path:
-    env = os.environ.get("IMGCLF_CLOTHING_DIR")
-    return Path(env) if env else REPO / ".." / "shared" / "datasets" / "clothing-small"
+def clothing_classes() -> list[str]:
+    """Class names of the clothing dataset, in the order training gives them (sorted folders)."""
+    train = clothing_dir() / "train"
+    if not train.is_dir():
+        sys.exit(f"clothing dataset not found at {train}; set IMGCLF_CLOTHING_DIR")
+    return sorted(d.name for d in train.iterdir() if d.is_dir())
 
 
 @dataclass
@@ -110,13 +100,14 @@ def build_stand_in(work: Path) -> Path:
         return root
     root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = create_model("tf_efficientnet_lite0", len(CLOTHING), pretrained=True)
+    labels = clothing_classes()
+    model = create_model("tf_efficientnet_lite0", len(labels), pretrained=True)
     torch.save(model.state_dict(), root / "model.pt")
     config = default_preprocess_config("tf_efficientnet_lite0")
     manifest = Manifest(
         name="stand-in-lite0",
         backbone="tf_efficientnet_lite0",
-        labels=CLOTHING,
+        labels=labels,
         preprocessing=config.to_dict(),
         training={"model_kwargs": {}},
     )
@@ -258,16 +249,6 @@ def render(runtimes: list[Runtime], meta: dict[str, str]) -> str:
     return "\n".join([*intro, *lines, ""])
 
 
-def update_docs(text: str) -> None:
-    content = DOCS.read_text(encoding="utf-8")
-    pattern = re.compile(rf"({re.escape(SECTION)}\n)(.*?)(?=\n## |\Z)", re.S)
-    if not pattern.search(content):
-        raise SystemExit(f"section {SECTION!r} not found in {DOCS}")
-    DOCS.write_text(
-        pattern.sub(lambda m: m.group(1) + "\n" + text, content, count=1), encoding="utf-8"
-    )
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", type=Path, help="bundle with onnx / onnx-int8 artifacts")
@@ -301,13 +282,14 @@ def main() -> None:
             runtime.cold_s.append(elapsed)
             runtime.rss_mb.append(rss)
         print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
-    if (data / "test").is_dir() and bundle.labels == CLOTHING and args.bundle is not None:
+    on_clothing = (data / "test").is_dir() and bundle.labels == clothing_classes()
+    if on_clothing and args.bundle is not None:
         test_top1(runtimes, bundle_dir, data)
     trained = "trained" if args.bundle is not None else "stand-in (ImageNet backbone, random head)"
     meta = {
         # The command exactly as run, so the docs can be reproduced.
-        "command": " ".join([".venv/bin/python bench/bench_runtimes.py", *sys.argv[1:]]),
-        "model": f"EfficientNet-Lite0 {config.input_size}px, {trained}",
+        "command": command_line().strip("`"),
+        "model": f"{bundle.manifest.backbone} {config.input_size}px, {trained}",
         "threads": str(args.threads),
         "rounds": str(args.rounds),
         "iters": str(args.iters),
@@ -318,7 +300,7 @@ def main() -> None:
     print(text)
     print(json.dumps({r.name: {"p50": statistics.median(r.single_ms)} for r in runtimes}))
     if args.update_docs:
-        update_docs(text)
+        update_docs(SECTION, f"{SECTION}\n\n{text}")
 
 
 if __name__ == "__main__":
