@@ -220,3 +220,61 @@ def test_batching_can_be_disabled(make_client: ClientFactory, image_bytes: Image
             for r in pool.map(lambda _: client.post("/predict", json=body), range(6))
         )
     assert set(backend.batch_sizes) == {1}
+
+
+class ConcurrencyProbe(SlowModel):
+    """A slow model that records how many calls ran at the same time."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(delay_s)
+        self._lock = threading.Lock()
+        self._active = 0
+        self.most_at_once = 0
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._active += 1
+            self.most_at_once = max(self.most_at_once, self._active)
+        try:
+            return super().__call__(pixels)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+
+@pytest.mark.parametrize("instances", [1, 2, 3])
+def test_instances_bound_the_batches_running_at_once(instances: int) -> None:
+    async def scenario() -> tuple[list[np.ndarray], ConcurrencyProbe]:
+        model = ConcurrencyProbe(0.1)
+        batcher = MicroBatcher(
+            model, max_batch_size=2, max_wait_s=0.0, queue_size=100, instances=instances
+        )
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(_pixels(i)) for i in range(12)))
+        await batcher.stop()
+        return results, model
+
+    results, model = asyncio.run(scenario())
+    assert [int(r[0, 0]) for r in results] == list(range(12))
+    assert model.most_at_once == instances
+    assert sum(model.batches) == 12
+
+
+def test_stop_waits_for_every_running_instance() -> None:
+    async def scenario() -> list[np.ndarray]:
+        batcher = MicroBatcher(
+            ConcurrencyProbe(0.2), max_batch_size=1, max_wait_s=0.0, queue_size=10, instances=2
+        )
+        batcher.start()
+        pending = [asyncio.ensure_future(batcher.submit(_pixels(i))) for i in range(5)]
+        await asyncio.sleep(0.05)  # two batches are running, three are queued
+        await batcher.stop()
+        assert all(p.done() for p in pending)
+        return [p.result() for p in pending]
+
+    assert [int(r[0, 0]) for r in asyncio.run(scenario())] == list(range(5))
+
+
+def test_instances_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="instances must be at least 1"):
+        MicroBatcher(SlowModel(), instances=0)

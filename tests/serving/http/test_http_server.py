@@ -97,7 +97,10 @@ def test_cli_serves_api_page_and_json_logs(
     start_server: Callable[[list[str]], Server], tiny_bundle: Path, image_bytes: ImageBytes
 ) -> None:
     server = start_server(
-        ["-m", "imgclf", "serve", "--model", str(tiny_bundle), "--port", "{port}", "--threads", "1"]
+        [
+            *("-m", "imgclf", "serve", "--model", str(tiny_bundle), "--port", "{port}"),
+            *("--threads", "1", "--instances", "2"),
+        ]
     )
     response = httpx.post(
         f"{server.base}/predict",

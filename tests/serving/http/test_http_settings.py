@@ -70,3 +70,37 @@ def test_fetch_policy_follows_settings() -> None:
     assert policy.allowed_hosts == frozenset({"img.example"})
     assert policy.allow_loopback
     assert policy.max_bytes == 2048
+
+
+@pytest.mark.parametrize(
+    "options, cores, expected",
+    [
+        ({}, 8, None),  # one instance: the runtime's own default (one thread per core)
+        ({"instances": 2}, 8, 4),  # instances share the cores
+        ({"instances": 3}, 2, 1),  # never fewer than one thread
+        ({"instances": 2, "threads": 3}, 8, 3),  # explicit threads win
+    ],
+)
+def test_instances_share_the_cores_unless_threads_are_given(
+    monkeypatch: pytest.MonkeyPatch, options: dict[str, int], cores: int, expected: int | None
+) -> None:
+    from imgclf.serving.http import backends
+
+    seen: dict[str, object] = {}
+
+    def fake_from_bundle(path: str | None, **kwargs: object) -> str:
+        seen.update(kwargs)
+        return "backend"
+
+    monkeypatch.setattr(backends.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(backends.EmbeddedBackend, "from_bundle", fake_from_bundle)
+    assert backends.load_backend(ServeSettings(**options)) == "backend"  # type: ignore[arg-type]
+    assert seen["threads"] == expected
+
+
+def test_instances_come_from_the_cli_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build_settings(_parse("--instances", "2")).instances == 2
+    monkeypatch.setenv("IMGCLF_INSTANCES", "3")
+    assert ServeSettings().instances == 3
+    with pytest.raises(ConfigError, match="instances"):
+        build_settings(_parse("--instances", "0"))

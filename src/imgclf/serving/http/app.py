@@ -147,6 +147,7 @@ async def _start(services: Services, given: InferenceBackend | None) -> None:
         max_batch_size=settings.max_batch_size,
         max_wait_s=settings.max_wait_ms / 1000.0,
         queue_size=settings.queue_size,
+        instances=settings.instances,
         stats=services.metrics.batch_stats(),
     )
     batcher.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 import numpy as np
 
@@ -93,6 +94,9 @@ def load_backend(settings: ServeSettings) -> InferenceBackend:
         )
         return backend
     model = None if settings.model is None else str(settings.model)
+    threads = settings.threads
+    if threads is None and settings.instances > 1:  # share the cores, do not oversubscribe them
+        threads = max(1, (os.cpu_count() or 1) // settings.instances)
     return EmbeddedBackend.from_bundle(
-        model, artifact=settings.artifact, threads=settings.threads, max_pixels=settings.max_pixels
+        model, artifact=settings.artifact, threads=threads, max_pixels=settings.max_pixels
     )

@@ -2,9 +2,14 @@
 
 Requests put their decoded pixels on a queue and await a future. One collector task takes
 everything waiting (up to ``max_batch_size`` images), waits at most ``max_wait_s`` for more when
-the batch is not full, and runs the model on one worker thread so the event loop never blocks.
-While a batch runs, new requests queue up and form the next batch, so under load batches fill by
-themselves and the wait is only paid when the service is nearly idle.
+the batch is not full, and runs the model on a worker thread so the event loop never blocks.
+While the batches run, new requests queue up and form the next batch, so under load batches fill
+by themselves and the wait is only paid when the service is nearly idle.
+
+``instances`` batches may run at once, each on its own worker thread (Triton's instance count).
+On small CPUs, two single-threaded batches side by side get more out of the cores than one batch
+split over both: the int8 Lite0 model does about 25% more images per second that way here, because
+its many small layers leave threads of a shared batch waiting on each other.
 
 The queue is bounded in *images*: a request that would overflow it is refused at once with
 :class:`~imgclf.errors.OverloadedError` (503 + ``Retry-After``) instead of piling up latency.
@@ -54,6 +59,7 @@ class MicroBatcher:
         max_wait_s: Longest a partial batch waits for more requests.
         queue_size: Most images waiting; more are refused with ``OverloadedError``.
         retry_after_s: Value of the ``Retry-After`` hint given to refused requests.
+        instances: Batches that may run at the same time, each on its own thread.
         stats: Metric callbacks.
     """
 
@@ -65,9 +71,13 @@ class MicroBatcher:
         max_wait_s: float = 0.002,
         queue_size: int = 64,
         retry_after_s: float = 1.0,
+        instances: int = 1,
         stats: BatchStats | None = None,
     ) -> None:
+        if instances < 1:
+            raise ValueError(f"instances must be at least 1, got {instances}")
         self._infer = infer
+        self.instances = instances
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
@@ -78,7 +88,11 @@ class MicroBatcher:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgclf-infer")
+        self._running: set[asyncio.Task[None]] = set()
+        self._free = asyncio.Semaphore(instances)
+        self._executor = ThreadPoolExecutor(
+            max_workers=instances, thread_name_prefix="imgclf-infer"
+        )
 
     @property
     def depth(self) -> int:
@@ -101,6 +115,8 @@ class MicroBatcher:
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        if self._running:
+            await asyncio.gather(*self._running)
         self._executor.shutdown(wait=True)
 
     async def submit(self, pixels: np.ndarray) -> np.ndarray:
@@ -133,8 +149,16 @@ class MicroBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            # Wait for a free instance first: meanwhile the queue grows and the batch fills.
+            await self._free.acquire()
             items = await self._take_batch()
-            await self._run_batch(items)
+            task = asyncio.get_running_loop().create_task(self._run_batch(items))
+            self._running.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._free.release()
 
     async def _take_batch(self) -> list[_Item]:
         """Take queued items up to the batch size, waiting briefly for more if not full."""
@@ -162,9 +186,9 @@ class MicroBatcher:
         live = [item for item in items if not item.future.done()]  # skip cancelled requests
         if not live:
             return
-        batch = live[0].pixels if len(live) == 1 else np.concatenate([i.pixels for i in live])
         start = time.perf_counter()
         try:
+            batch = live[0].pixels if len(live) == 1 else np.concatenate([i.pixels for i in live])
             probs = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._infer, batch
             )

@@ -24,6 +24,7 @@ _FIELDS = (
     "max_wait_ms",
     "queue_size",
     "decode_threads",
+    "instances",
     "max_upload_bytes",
     "max_pixels",
     "rate_limit_per_s",
@@ -58,6 +59,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-wait-ms", type=float, help="how long a batch waits to fill")
     parser.add_argument("--queue-size", type=int, help="images waiting before 503")
     parser.add_argument("--decode-threads", type=int, help="threads decoding images")
+    parser.add_argument(
+        "--instances",
+        type=int,
+        help="batches run at once, each on its own share of the cores (default 1; on a small "
+        "CPU, one per core serves more images per second)",
+    )
     parser.add_argument("--max-upload-bytes", type=int, help="request body cap (413 above)")
     parser.add_argument("--max-pixels", type=int, help="declared image pixel cap (413 above)")
     parser.add_argument(

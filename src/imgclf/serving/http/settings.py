@@ -54,6 +54,13 @@ class ServeSettings(BaseSettings):
         description="Requests in progress (decoding, queued, running); more get 503",
     )
     decode_threads: int = Field(2, ge=1, le=64, description="Threads decoding images")
+    instances: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Batches run at the same time, each on its own thread (model instances); "
+        "unless threads is set, each gets an equal share of the cores",
+    )
 
     # Input limits.
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Per request body")
