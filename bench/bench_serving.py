@@ -21,7 +21,9 @@ import os
 import platform
 import statistics
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,13 +44,50 @@ SECTION = "## REST serving throughput"
 
 @dataclass
 class Ceiling:
-    """In-process figures: throughput of the model alone and of decode + model, and CPU cost."""
+    """In-process figures: the model alone (two ways to use the cores), decode + model, CPU cost.
 
-    model_only: float
+    ``one_stream`` runs one batch at a time on all runtime threads; ``streams`` runs as many
+    single-threaded batches side by side as there are threads. The ceiling is the better one.
+    """
+
+    one_stream: float
+    one_stream_cpu_ms: float
+    streams: float
+    streams_cpu_ms: float
     with_decode: float
-    model_cpu_ms: float
     decode_cpu_ms: float
     artifact: str
+
+    @property
+    def model_only(self) -> float:
+        """The ceiling: the faster way of running the model alone."""
+        return max(self.one_stream, self.streams)
+
+    @property
+    def model_cpu_ms(self) -> float:
+        """CPU per image of the model, run the faster way."""
+        return self.streams_cpu_ms if self.streams > self.one_stream else self.one_stream_cpu_ms
+
+
+def pace(step: Callable[[int], int], seconds: float, workers: int = 1) -> tuple[float, float]:
+    """Images/s and process CPU ms per image (every thread included) of ``step`` run in a loop.
+
+    ``step(worker)`` processes some images and returns how many; ``workers`` threads call it.
+    """
+    done = [0] * workers
+    start, cpu = time.perf_counter(), time.process_time()
+
+    def loop(worker: int) -> None:
+        while time.perf_counter() - start < seconds:
+            done[worker] += step(worker)
+
+    threads = [threading.Thread(target=loop, args=(w,)) for w in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    total = sum(done)
+    return total / (time.perf_counter() - start), 1000 * (time.process_time() - cpu) / total
 
 
 def model_ceiling(
@@ -58,38 +97,47 @@ def model_ceiling(
     from imgclf.inference import Predictor
 
     predictor = Predictor.from_bundle(bundle, threads=threads)
+    single = Predictor.from_bundle(bundle, threads=1)
     pixels = np.stack([predictor.load_pixels(data) for data in images])
     predictor.run_pixels(pixels[:batch])  # warm-up
+    single.run_pixels(pixels[:batch])
+    rng = np.random.default_rng(0)
 
-    def pace(step: callable) -> tuple[float, float]:  # type: ignore[valid-type]
-        """Images/s and process CPU ms per image (every runtime thread included)."""
-        done, start, cpu = 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - start < seconds:
-            done += step(done)
-        cpu_ms = 1000 * (time.process_time() - cpu) / done
-        return done / (time.perf_counter() - start), cpu_ms
+    def chunk() -> slice:
+        start = int(rng.integers(0, len(images) - batch))
+        return slice(start, start + batch)
 
-    def model_only(done: int) -> int:
-        start = done % (len(pixels) - batch)
-        predictor.run_pixels(pixels[start : start + batch])
+    def model_only(_: int) -> int:
+        predictor.run_pixels(pixels[chunk()])
         return batch
 
-    def with_decode(done: int) -> int:
-        start = done % (len(images) - batch)
-        chunk = np.stack([predictor.load_pixels(d) for d in images[start : start + batch]])
-        predictor.run_pixels(chunk)
+    def model_streams(_: int) -> int:
+        single.run_pixels(pixels[chunk()])
         return batch
 
-    def decode_only(done: int) -> int:
-        start = done % (len(images) - batch)
-        for data in images[start : start + batch]:
+    def with_decode(_: int) -> int:
+        decoded = np.stack([predictor.load_pixels(d) for d in images[chunk()]])
+        predictor.run_pixels(decoded)
+        return batch
+
+    def decode_only(_: int) -> int:
+        for data in images[chunk()]:
             predictor.load_pixels(data)
         return batch
 
-    model_rate, model_cpu = pace(model_only)
-    decode_rate, _ = pace(with_decode)
-    _, decode_cpu = pace(decode_only)
-    return Ceiling(model_rate, decode_rate, model_cpu, decode_cpu, predictor.artifact)
+    one_stream, one_stream_cpu = pace(model_only, seconds)
+    streams, streams_cpu = pace(model_streams, seconds, workers=threads)
+    decode_rate, _ = pace(with_decode, seconds)
+    _, decode_cpu = pace(decode_only, seconds)
+    return Ceiling(
+        one_stream,
+        one_stream_cpu,
+        streams,
+        streams_cpu,
+        decode_rate,
+        decode_cpu,
+        predictor.artifact,
+    )
 
 
 def serve_and_load(
@@ -151,11 +199,21 @@ def main() -> None:
     )
     model_only = ceiling.model_only
     print(f"ceiling {model_only:.1f} images/s, with decode {ceiling.with_decode:.1f}", flush=True)
+    batch_option = ("--max-batch-size", str(args.batch))
     with tempfile.TemporaryDirectory() as tmp:
         batched, batched_rss = serve_and_load(
-            bundle, images, Path(tmp) / "batched.log", args, "--max-batch-size", str(args.batch)
+            bundle, images, Path(tmp) / "batched.log", args, *batch_option
         )
         print(f"batched {batched.throughput:.1f} req/s", flush=True)
+        per_core, per_core_rss = serve_and_load(
+            bundle,
+            images,
+            Path(tmp) / "instances.log",
+            args,
+            *batch_option,
+            *("--instances", str(args.threads), "--threads", "1"),
+        )
+        print(f"batched, {args.threads} instances {per_core.throughput:.1f} req/s", flush=True)
         naive, naive_rss = serve_and_load(
             bundle, images, Path(tmp) / "naive.log", args, "--max-batch-size", "1"
         )
@@ -165,13 +223,23 @@ def main() -> None:
         "CPU use", "client CPU ms/req", "server RSS MB",
     ]  # fmt: skip
     both = ceiling.model_cpu_ms + ceiling.decode_cpu_ms
+    ceiling_note = f"{args.threads} threads, one batch at a time"
+    streams_note = f"{args.threads} single-threaded batches side by side"
     rows = [
         [
-            "model ceiling (pre-decoded batches)",
-            f"{model_only:.1f}",
-            "100%",
+            f"model alone ({ceiling_note})",
+            f"{ceiling.one_stream:.1f}",
+            f"{100 * ceiling.one_stream / model_only:.0f}%",
             *["-"] * 3,
-            f"{ceiling.model_cpu_ms:.1f}",
+            f"{ceiling.one_stream_cpu_ms:.1f}",
+            *["-"] * 3,
+        ],
+        [
+            f"model alone ({streams_note})",
+            f"{ceiling.streams:.1f}",
+            f"{100 * ceiling.streams / model_only:.0f}%",
+            *["-"] * 3,
+            f"{ceiling.streams_cpu_ms:.1f}",
             *["-"] * 3,
         ],
         [
@@ -181,19 +249,26 @@ def main() -> None:
             *["-"] * 3,
         ],
         [
-            "model + JPEG decode, in-process",
+            f"model + JPEG decode, in-process ({ceiling_note})",
             f"{ceiling.with_decode:.1f}",
             f"{100 * ceiling.with_decode / model_only:.0f}%",
             *["-"] * 3,
-            f"{both:.1f}",
+            f"{ceiling.one_stream_cpu_ms + ceiling.decode_cpu_ms:.1f}",
             *["-"] * 3,
         ],
         row(f"REST micro-batched (max batch {args.batch})", batched, model_only, batched_rss),
+        row(
+            f"REST micro-batched, `--instances {args.threads} --threads 1`",
+            per_core,
+            model_only,
+            per_core_rss,
+        ),
         row("REST naive (one request, one model call)", naive, model_only, naive_rss),
     ]
     cores = os.cpu_count() or 1
     bound = 1000 * cores / both
     budget = (
+        "The ceiling (100%) is the faster of the two model-alone rows. "
         f"CPU budget: the model costs {ceiling.model_cpu_ms:.1f} ms of CPU per image and decoding "
         f"{ceiling.decode_cpu_ms:.1f} ms, so {cores} fully used cores can serve at most "
         f"{bound:.0f} images/s ({100 * bound / model_only:.0f}% of the ceiling) even if HTTP, "
