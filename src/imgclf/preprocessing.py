@@ -240,17 +240,21 @@ def _decode_opened(
     return to_rgb(image)
 
 
+def resized_size(width: int, height: int, config: PreprocessConfig) -> tuple[int, int]:
+    """Size an image of ``width`` x ``height`` is resized to before the centre crop."""
+    scale = config.resize_size
+    if config.crop_mode == "squash":
+        return scale, scale
+    if width <= height:
+        return scale, max(scale, round(height * scale / width))
+    return max(scale, round(width * scale / height)), scale
+
+
 def resize_and_crop(image: Image.Image, config: PreprocessConfig) -> Image.Image:
     """Resize then centre-crop to ``config.input_size`` square, as the model expects."""
     resample = _RESAMPLE[config.interpolation]
-    scale = config.resize_size
     width, height = image.size
-    if config.crop_mode == "squash":
-        new_w = new_h = scale
-    elif width <= height:
-        new_w, new_h = scale, max(scale, round(height * scale / width))
-    else:
-        new_w, new_h = max(scale, round(width * scale / height)), scale
+    new_w, new_h = resized_size(width, height, config)
     size = config.input_size
     left = (new_w - size) // 2
     top = (new_h - size) // 2

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.preprocessing import PreprocessConfig, resize_and_crop
+from imgclf.preprocessing import PreprocessConfig, resize_and_crop, resized_size
 
 
 def textured(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -20,14 +20,7 @@ def textured(width: int, height: int, seed: int = 0) -> Image.Image:
 
 def resize_then_crop(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
     """The reference: resize the whole image, then cut the centre square."""
-    width, height = image.size
-    scale = config.resize_size
-    if config.crop_mode == "squash":
-        new_w = new_h = scale
-    elif width <= height:
-        new_w, new_h = scale, max(scale, round(height * scale / width))
-    else:
-        new_w, new_h = max(scale, round(width * scale / height)), scale
+    new_w, new_h = resized_size(*image.size, config)
     resample = getattr(Image.Resampling, config.interpolation.upper())
     resized = image.resize((new_w, new_h), resample)
     left, top = (new_w - config.input_size) // 2, (new_h - config.input_size) // 2
