@@ -131,10 +131,22 @@ def start_slow_server(
     )
 
 
-def post_jpeg(base: str, payload: bytes) -> int:
-    """Upload ``payload`` to ``/predict``; the status code."""
+def post_jpeg(base: str, payload: bytes) -> httpx.Response:
+    """Upload ``payload`` to ``/predict``."""
     files = {"file": ("x.jpg", payload, "image/jpeg")}
-    return httpx.post(f"{base}/predict", files=files, timeout=30).status_code
+    return httpx.post(f"{base}/predict", files=files, timeout=30)
+
+
+def sigterm_with_requests_in_flight(
+    server: Server, payload: bytes, count: int
+) -> tuple[list[httpx.Response], float]:
+    """Send SIGTERM while ``count`` uploads are in progress; their responses and the signal time."""
+    with ThreadPoolExecutor(count) as pool:
+        futures = [pool.submit(post_jpeg, server.base, payload) for _ in range(count)]
+        wait_in_flight(server.base, count)
+        sent = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        return [f.result() for f in futures], sent
 
 
 def test_sigterm_finishes_in_flight_requests(
@@ -144,14 +156,8 @@ def test_sigterm_finishes_in_flight_requests(
     server = start_slow_server(
         start_server, tiny_bundle, 0.4, "max_batch_size=1", "graceful_shutdown_s=10"
     )
-    payload = image_bytes("green")
-    with ThreadPoolExecutor(6) as pool:
-        futures = [pool.submit(post_jpeg, server.base, payload) for _ in range(6)]
-        wait_in_flight(server.base, 6)
-        sent = time.monotonic()
-        server.process.send_signal(signal.SIGTERM)
-        codes = [f.result() for f in futures]
-    assert codes == [200] * 6
+    responses, sent = sigterm_with_requests_in_flight(server, image_bytes("green"), 6)
+    assert [r.status_code for r in responses] == [200] * 6
     assert server.process.wait(15) in CLEAN_EXIT
     assert time.monotonic() - sent < 10
     assert any("every queued request was answered" in line for line in server.log_lines())
@@ -166,17 +172,7 @@ def test_requests_cut_off_by_the_grace_period_get_503_not_500(
     server = start_slow_server(
         start_server, tiny_bundle, 2.0, "max_batch_size=1", "graceful_shutdown_s=0.3"
     )
-    payload = image_bytes("green")
-
-    def post(_: int) -> httpx.Response:
-        files = {"file": ("x.jpg", payload, "image/jpeg")}
-        return httpx.post(f"{server.base}/predict", files=files, timeout=30)
-
-    with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(post, i) for i in range(2)]
-        wait_in_flight(server.base, 2)
-        server.process.send_signal(signal.SIGTERM)
-        responses = [f.result() for f in futures]
+    responses, _ = sigterm_with_requests_in_flight(server, image_bytes("green"), 2)
     assert [r.status_code for r in responses] == [503, 503]
     for response in responses:
         assert response.headers["retry-after"] == "1"
@@ -204,7 +200,7 @@ def test_overload_is_refused_before_the_body_is_sent(
             waited = time.monotonic() - started
             while chunk := sock.recv(4096):  # the body may follow in another segment; then close
                 answer += chunk.decode("latin-1")
-        codes = [f.result() for f in futures]
+        codes = [f.result().status_code for f in futures]
     assert answer.startswith("HTTP/1.1 503"), answer
     assert "retry-after: 1" in answer.lower()
     assert "at capacity" in answer
