@@ -8,8 +8,9 @@ by themselves and the wait is only paid when the service is nearly idle.
 
 ``instances`` batches may run at once, each on its own worker thread (Triton's instance count).
 On small CPUs, two single-threaded batches side by side get more out of the cores than one batch
-split over both: the int8 Lite0 model does about 25% more images per second that way here, because
-its many small layers leave threads of a shared batch waiting on each other.
+split over both: the int8 Lite0 model alone did 35% more images per second that way on a 2-core
+machine (docs/benchmarks.md), because its many small layers leave threads of a shared batch
+waiting on each other.
 
 The queue is bounded in *images*: a request that would overflow it is refused at once with
 :class:`~imgclf.errors.OverloadedError` (503 + ``Retry-After``) instead of piling up latency.
