@@ -235,7 +235,7 @@ def report(
     return "\n\n".join(
         [
             f"{SECTION}\n",
-            command_line(),
+            f"`{command_line()}`",
             "**Bad inputs** (each sent 5 times to `/predict`; time is the client's round trip; ok "
             "means every answer 4xx, median under the limit and max under 1 s):",
             bad,

@@ -288,7 +288,7 @@ def main() -> None:
     trained = "trained" if args.bundle is not None else "stand-in (ImageNet backbone, random head)"
     meta = {
         # The command exactly as run, so the docs can be reproduced.
-        "command": command_line().strip("`"),
+        "command": command_line(),
         "model": f"{bundle.manifest.backbone} {config.input_size}px, {trained}",
         "threads": str(args.threads),
         "rounds": str(args.rounds),

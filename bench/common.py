@@ -35,10 +35,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def command_line() -> str:
-    """The command that is running, as a Markdown code span, for the docs it writes."""
+    """The command that is running, as written in the docs it produces."""
     script = Path(sys.argv[0]).resolve()
     shown = script.relative_to(REPO) if script.is_relative_to(REPO) else script
-    return "`" + " ".join([".venv/bin/python", str(shown), *sys.argv[1:]]) + "`"
+    return " ".join([".venv/bin/python", str(shown), *sys.argv[1:]])
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
