@@ -148,6 +148,7 @@ def test_dataset_without_validation_images_is_refused(tmp_path: Path) -> None:
         ({"image_size": 8}, "image sizes"),
         ({"layer_decay": 0}, "layer_decay"),
         ({"ema_decay": 0.5}, "ema_decay"),
+        ({"crop_mode": "letterbox"}, "crop_mode"),
     ],
 )
 def test_bad_settings_are_explained(options: dict[str, object], message: str) -> None:
@@ -209,11 +210,26 @@ def test_cli_reports_errors_without_traceback(
     assert "error" in capsys.readouterr().err
 
 
-def test_eval_pixels_match_serving_preprocessing(color_dataset: Path) -> None:
+def test_crop_mode_reaches_the_bundle(
+    color_dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "squash"
+    code = main(
+        ["train", str(color_dataset), "-o", str(out), "--image-size", "64", "--epochs", "0"]
+        + ["--crop-mode", "squash", "--threads", "2", "--no-report"]
+    )
+    assert code == 0
+    bundle = load_bundle(out)
+    assert bundle.preprocess_config.crop_mode == "squash"
+    assert bundle.manifest.training["crop_mode"] == "squash"
+
+
+@pytest.mark.parametrize("crop_mode", ["center", "squash"])
+def test_eval_pixels_match_serving_preprocessing(color_dataset: Path, crop_mode: str) -> None:
     from imgclf.preprocessing import PreprocessConfig, load_pixels
     from imgclf.training.images import decode_split
 
-    config = PreprocessConfig(input_size=64)
+    config = PreprocessConfig(input_size=64, crop_mode=crop_mode)  # type: ignore[arg-type]
     paths = sorted((color_dataset / "test").glob("*/*.jpg"))[:4]
     decoded = decode_split(paths, [0] * 4, config, keep_train_images=True, workers=2)
     expected = np.stack([load_pixels(p, config) for p in paths])

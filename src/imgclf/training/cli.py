@@ -63,6 +63,13 @@ def register(subparsers: Any) -> None:
         default=1.0,
         help="share of the short side the serving centre crop keeps (default 1.0)",
     )
+    parser.add_argument(
+        "--crop-mode",
+        choices=("center", "squash"),
+        default=_DEFAULTS["crop_mode"],
+        help="serving resize: keep the aspect ratio and centre-crop, or squash the whole image "
+        "to a square (default: the backbone's, center for the Lite family)",
+    )
     parser.add_argument("--lr", type=float, default=_DEFAULTS["lr"], help="peak learning rate")
     parser.add_argument("--freeze-blocks", type=int, default=_DEFAULTS["freeze_blocks"])
     parser.add_argument(

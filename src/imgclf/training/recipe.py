@@ -35,6 +35,10 @@ class TrainConfig:
         crop_pct: Share of the short side kept by the evaluation/serving centre crop. 1.0 keeps
             the whole short side, so details at the edges (sleeves, hems) stay in view; None
             takes the backbone's ImageNet value (0.875 for the Lite family).
+        crop_mode: ``center`` keeps the aspect ratio and centre-crops a square; ``squash``
+            resizes the whole image to a square, so nothing is cut off (a 3:4 portrait photo
+            loses the top and bottom eighth of its height to a centre crop); None takes the
+            backbone's ImageNet value (``center`` for the Lite family).
         epochs: Maximum fine-tuning epochs (0 trains the head only).
         batch_size: Images per optimisation step.
         lr: Peak learning rate of the head and the last block; earlier blocks get
@@ -69,6 +73,7 @@ class TrainConfig:
     image_size: int | None = None
     train_size: int | None = None
     crop_pct: float | None = 1.0
+    crop_mode: str | None = None
     epochs: int = 8
     batch_size: int = 32
     lr: float = 1e-3
@@ -112,6 +117,10 @@ class TrainConfig:
             (
                 self.augment in ("trivial", "light", "none"),
                 "augment must be trivial, light or none",
+            ),
+            (
+                self.crop_mode in (None, "center", "squash"),
+                "crop_mode must be center or squash",
             ),
             (0.05 <= self.crop_scale <= 1, "crop_scale must be in [0.05, 1]"),
             (self.patience >= 1, "patience must be >= 1"),

@@ -100,6 +100,8 @@ def prepare(data: str | Path | DatasetSplits, config: TrainConfig) -> Prepared:
     preprocess = default_preprocess_config(config.backbone, config.image_size)
     if config.crop_pct is not None:
         preprocess = dataclasses.replace(preprocess, crop_pct=config.crop_pct)
+    if config.crop_mode is not None:
+        preprocess = dataclasses.replace(preprocess, crop_mode=config.crop_mode)
     decoded = {
         name: decode_split(
             [r.path for r in records],
@@ -287,6 +289,7 @@ def _load_checkpoint(path: Path, config: TrainConfig, labels: list[str]) -> dict
         "image_size",
         "train_size",
         "crop_pct",
+        "crop_mode",
         "freeze_blocks",
         "ema_decay",
         "batch_size",
