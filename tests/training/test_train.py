@@ -210,14 +210,10 @@ def test_cli_reports_errors_without_traceback(
     assert "error" in capsys.readouterr().err
 
 
-def test_crop_mode_reaches_the_bundle(
-    color_dataset: Path, tmp_path: Path
-) -> None:
+def test_crop_mode_reaches_the_bundle(color_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "squash"
-    code = main(
-        ["train", str(color_dataset), "-o", str(out), "--image-size", "64", "--epochs", "0"]
-        + ["--crop-mode", "squash", "--threads", "2", "--no-report"]
-    )
+    args = ["train", str(color_dataset), "-o", str(out), "--image-size", "64", "--epochs", "0"]
+    code = main([*args, "--crop-mode", "squash", "--threads", "2", "--no-report"])
     assert code == 0
     bundle = load_bundle(out)
     assert bundle.preprocess_config.crop_mode == "squash"

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from imgclf.errors import ConfigError
+from imgclf.preprocessing import CropMode
 from imgclf.training.models import DEFAULT_BACKBONE, resolve_backbone
 
 
@@ -73,7 +74,7 @@ class TrainConfig:
     image_size: int | None = None
     train_size: int | None = None
     crop_pct: float | None = 1.0
-    crop_mode: str | None = None
+    crop_mode: CropMode | None = None
     epochs: int = 8
     batch_size: int = 32
     lr: float = 1e-3
