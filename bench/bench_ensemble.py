@@ -15,6 +15,7 @@ import argparse
 import itertools
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,25 +23,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import clothing_dir, command_line, markdown_table, update_docs
 
+if TYPE_CHECKING:
+    from imgclf.data import ImageRecord
+
 SECTION = "## Accuracy ceiling: ensembles of trained models"
 SPLITS = ("validation", "test")
 
 
-def _probabilities(bundle_dir: Path, artifact: str) -> dict[str, np.ndarray]:
+def _probabilities(
+    bundle_dir: Path, artifact: str, records: dict[str, list[ImageRecord]]
+) -> dict[str, np.ndarray]:
+    """Class probabilities of one bundle for each split's records."""
     from imgclf.bundle import load_bundle
-    from imgclf.data import load_dataset
     from imgclf.evaluation.runner import ModelRunner
 
-    dataset = load_dataset(clothing_dir())
     runner = ModelRunner.open(load_bundle(bundle_dir, verify=False), artifact)
     out: dict[str, np.ndarray] = {}
     for split in SPLITS:
-        records = dataset.splits[split]
-        probs, readable, _ = runner.predict_rows(records, split=split, progress=True)
+        probs, readable, _ = runner.predict_rows(records[split], split=split, progress=True)
         if not readable.all():
             sys.exit(f"{bundle_dir}: {int((~readable).sum())} unreadable {split} images")
         out[split] = probs
-        out[f"{split}_labels"] = np.array([r.label for r in records])
     return out
 
 
@@ -51,11 +54,16 @@ def main() -> None:
     parser.add_argument("--update-docs", action="store_true", help="rewrite docs/benchmarks.md")
     args = parser.parse_args()
 
+    from imgclf.data import load_dataset
+
+    dataset = load_dataset(clothing_dir())  # checked once, shared by every bundle
+    records = {split: dataset.splits[split] for split in SPLITS}
+    labels = {split: np.array([r.label for r in records[split]]) for split in SPLITS}
     names = [b.name for b in args.bundles]
     results = {
-        name: _probabilities(b, args.artifact) for name, b in zip(names, args.bundles, strict=True)
+        name: _probabilities(bundle, args.artifact, records)
+        for name, bundle in zip(names, args.bundles, strict=True)
     }
-    labels = {split: results[names[0]][f"{split}_labels"] for split in SPLITS}
 
     rows = []
     for size in range(1, len(names) + 1):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any
+from typing import Any, get_args
 
+from imgclf.preprocessing import CropMode
 from imgclf.training.recipe import TrainConfig
 
 #: Flag defaults are the recipe's (importing the recipe does not import torch).
@@ -65,7 +66,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--crop-mode",
-        choices=("center", "squash"),
+        choices=get_args(CropMode),
         default=_DEFAULTS["crop_mode"],
         help="serving resize: keep the aspect ratio and centre-crop, or squash the whole image "
         "to a square (default: the backbone's, center for the Lite family)",

@@ -17,7 +17,7 @@ tuning for other folder-per-class datasets of photos:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from imgclf.errors import ConfigError
 from imgclf.preprocessing import CropMode
@@ -120,8 +120,8 @@ class TrainConfig:
                 "augment must be trivial, light or none",
             ),
             (
-                self.crop_mode in (None, "center", "squash"),
-                "crop_mode must be center or squash",
+                self.crop_mode is None or self.crop_mode in get_args(CropMode),
+                f"crop_mode must be one of {', '.join(get_args(CropMode))}",
             ),
             (0.05 <= self.crop_scale <= 1, "crop_scale must be in [0.05, 1]"),
             (self.patience >= 1, "patience must be >= 1"),
