@@ -122,7 +122,28 @@ def test_v2_uint8_pixels_match_bytes_path(client: TestClient, image_bytes: Image
             {"name": "p", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [300] * 3072},
             "[0, 255]",
         ),
-        ({"name": "p", "shape": [-1], "datatype": "UINT8", "data": []}, "negative"),
+        ({"name": "image", "shape": [-1], "datatype": "BYTES", "data": []}, "negative"),
+        ({"name": "p", "shape": [-1, 32, 32, 3], "datatype": "UINT8", "data": []}, "1 <= N"),
+        # 2**64 values: numpy's int64 product wraps to 0, which "matched" the empty data
+        ({"name": "p", "shape": [2**32, 2**32], "datatype": "UINT8", "data": []}, "shape"),
+        ({"name": "p", "shape": [0, 2**31, 2**31, 3], "datatype": "UINT8", "data": []}, "1 <= N"),
+        ({"name": "i", "shape": [2**32, 2**32], "datatype": "BYTES", "data": []}, "shape"),
+        (
+            {"name": "p", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [[0], 0]},
+            "regular array",
+        ),
+        (
+            {"name": "p", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [2**70] * 3072},
+            "[0, 255]",
+        ),
+        (
+            {"name": "p", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [True] * 3072},
+            "[0, 255]",
+        ),
+        (
+            {"name": "p", "shape": [99, 32, 32, 3], "datatype": "UINT8", "data": [0] * 3072},
+            "1 <= N <= 32",
+        ),
         ({"name": "image", "shape": [1], "datatype": "BYTES", "data": ["!!"]}, "base64"),
     ],
 )

@@ -31,6 +31,7 @@ from imgclf.serving.http import api, page, tfserving, v2
 from imgclf.serving.http.admission import AdmissionMiddleware
 from imgclf.serving.http.batching import MicroBatcher
 from imgclf.serving.http.dependencies import Services
+from imgclf.serving.http.jsonbody import describe_errors
 from imgclf.serving.http.metrics import ServiceMetrics
 from imgclf.serving.http.observability import (
     RequestContextMiddleware,
@@ -208,10 +209,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err.get('loc', ())) or 'request'}: {err.get('msg')}"
-            for err in exc.errors()
-        )
+        problems = describe_errors(exc.errors())
         return JSONResponse(_error_body(request, f"invalid request: {problems}"), 422)
 
     @app.exception_handler(Exception)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -24,6 +23,7 @@ from imgclf.inference.fetch import fetch_url_async
 from imgclf.preprocessing import PreprocessConfig, load_pixels
 from imgclf.serving.backend import InferenceBackend
 from imgclf.serving.http.dependencies import Services
+from imgclf.serving.http.jsonbody import JSONBodyError, describe_errors, parse_json
 from imgclf.serving.http.schemas import BatchRequest, ImageInput
 
 _JSON_TYPES = ("application/json",)
@@ -67,11 +67,10 @@ async def resolve_input(item: ImageInput, services: Services) -> bytes:
 
 
 async def _json_body(request: Request) -> object:
-    raw = await request.body()
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"request body is not valid JSON ({exc.__class__.__name__})") from exc
+        return parse_json(await request.body())
+    except JSONBodyError as exc:
+        raise InputError(str(exc)) from exc
 
 
 _Body = TypeVar("_Body", ImageInput, BatchRequest)
@@ -81,10 +80,7 @@ def _validated(model: type[_Body], data: object) -> _Body:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = describe_errors(exc.errors(include_input=False, include_url=False))
         raise InputError(f"invalid request body: {problems}") from exc
 
 
@@ -134,9 +130,11 @@ async def read_batch_images(request: Request, services: Services) -> list[bytes]
     if kind == _MULTIPART:
         images = await _form_files(request, "files", max_files=limit)
     elif kind in _JSON_TYPES:
-        batch = _validated(BatchRequest, await _json_body(request))
-        if len(batch.images) > limit:
-            raise InputError(f"{len(batch.images)} images sent; at most {limit} per request")
+        data = await _json_body(request)
+        sent = data.get("images") if isinstance(data, dict) else None
+        if isinstance(sent, list) and len(sent) > limit:  # before validating each item
+            raise InputError(f"{len(sent)} images sent; at most {limit} per request")
+        batch = _validated(BatchRequest, data)
         images = list(await asyncio.gather(*(resolve_input(i, services) for i in batch.images)))
     else:
         raise UnsupportedMediaError(

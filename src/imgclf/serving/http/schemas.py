@@ -6,6 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: Upper bound of the ``max_batch_images`` setting (and so of any list of images in a request).
+MAX_BATCH_IMAGES = 1024
+
 
 class ImageInput(BaseModel):
     """One image, given either as a URL to fetch or as base64-encoded bytes."""
@@ -27,7 +30,11 @@ class BatchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    images: list[ImageInput] = Field(min_length=1, description="Images, each a url or base64")
+    # The bound is the largest max_batch_images allows; the setting itself is checked before
+    # validation. A bound here makes pydantic refuse a huge list before validating its items.
+    images: list[ImageInput] = Field(
+        min_length=1, max_length=MAX_BATCH_IMAGES, description="Images, each a url or base64"
+    )
 
 
 class ClassProbability(BaseModel):

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from imgclf.inference.fetch import FetchPolicy
 from imgclf.preprocessing import DEFAULT_MAX_PIXELS
+from imgclf.serving.http.schemas import MAX_BATCH_IMAGES
 
 
 class ServeSettings(BaseSettings):
@@ -65,7 +66,9 @@ class ServeSettings(BaseSettings):
     # Input limits.
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Per request body")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=64 * 64, description="Declared image pixels")
-    max_batch_images: int = Field(32, ge=1, le=1024, description="Images per batch request")
+    max_batch_images: int = Field(
+        32, ge=1, le=MAX_BATCH_IMAGES, description="Images per batch request"
+    )
     default_top_k: int = Field(5, ge=1, le=1000)
 
     # URL inputs.

@@ -18,9 +18,10 @@ from imgclf.errors import InputError, ModelNotFoundError
 from imgclf.serving.backend import InferenceBackend
 from imgclf.serving.http.dependencies import InferenceGuards, Services, ServicesDep
 from imgclf.serving.http.inputs import classify_images, decode_base64
+from imgclf.serving.http.jsonbody import JSONBodyRoute
 from imgclf.serving.http.schemas import ERROR_RESPONSES
 
-router = APIRouter(prefix="/v1/models", tags=["tf-serving"])
+router = APIRouter(prefix="/v1/models", tags=["tf-serving"], route_class=JSONBodyRoute)
 ModelName = Annotated[str, Path(description="Model name", max_length=256)]
 
 

@@ -13,6 +13,7 @@ the protocol asks, beside the ``detail`` every imgclf error has.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 import numpy as np
@@ -25,11 +26,16 @@ from imgclf.errors import InputError, ModelNotFoundError
 from imgclf.serving.backend import InferenceBackend
 from imgclf.serving.http.dependencies import InferenceGuards, Services, ServicesDep
 from imgclf.serving.http.inputs import classify_images, classify_pixels, decode_base64
+from imgclf.serving.http.jsonbody import JSONBodyRoute
 from imgclf.serving.http.schemas import ERROR_RESPONSES
 
-router = APIRouter(prefix="/v2", tags=["kserve-v2"])
+router = APIRouter(prefix="/v2", tags=["kserve-v2"], route_class=JSONBodyRoute)
 
 PROBABILITIES = "probabilities"
+#: Largest tensor dimension: the protocol's shapes are int64 (a bound also keeps messages short).
+MAX_DIMENSION = 2**63 - 1
+#: Outputs a request may ask for (the model has one; a bound keeps validation errors few).
+MAX_REQUESTED_OUTPUTS = 8
 ModelName = Annotated[str, Path(description="Model name", max_length=256)]
 ModelVersion = Annotated[str, Path(description="Model version", max_length=64)]
 
@@ -40,7 +46,7 @@ class V2Tensor(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(max_length=256)
-    shape: list[int] = Field(max_length=8)
+    shape: list[Annotated[int, Field(le=MAX_DIMENSION)]] = Field(max_length=8)
     datatype: str
     parameters: dict[str, Any] | None = None
     data: list[Any]
@@ -63,7 +69,7 @@ class V2InferRequest(BaseModel):
     id: str | None = Field(None, max_length=256)
     parameters: dict[str, Any] | None = None
     inputs: list[V2Tensor] = Field(min_length=1, max_length=1)
-    outputs: list[V2RequestedOutput] | None = None
+    outputs: list[V2RequestedOutput] | None = Field(None, max_length=MAX_REQUESTED_OUTPUTS)
 
 
 def _backend_named(services: Services, name: str, version: str | None = None) -> InferenceBackend:
@@ -94,18 +100,28 @@ def _flatten(data: list[Any]) -> list[Any]:
 def _count(shape: list[int]) -> int:
     if any(dim < 0 for dim in shape):
         raise InputError(f"shape {shape} has a negative dimension")
-    return int(np.prod(shape)) if shape else 1
+    return math.prod(shape)  # exact: numpy's int64 product wraps around for huge shapes
 
 
-def _pixels_from_tensor(tensor: V2Tensor) -> np.ndarray:
-    values = _flatten(tensor.data)
-    if len(values) != _count(tensor.shape):
+def _pixels_from_tensor(tensor: V2Tensor, size: int, limit: int) -> np.ndarray:
+    """The UINT8 ``[N, size, size, 3]`` pixels of a tensor; the shape is checked before the data."""
+    shape = tensor.shape
+    if len(shape) != 4 or shape[1:] != [size, size, 3] or not 1 <= shape[0] <= limit:
         raise InputError(
-            f"input {tensor.name!r}: {len(values)} values do not fill shape {tensor.shape}"
+            f"input {tensor.name!r}: UINT8 pixels need shape [N, {size}, {size}, 3] with "
+            f"1 <= N <= {limit}, got {shape}"
         )
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in values):
+    try:
+        values = np.asarray(tensor.data)
+    except (ValueError, OverflowError) as exc:  # ragged nesting, integers beyond int64
+        raise InputError(f"input {tensor.name!r}: UINT8 data must be a regular array") from exc
+    if values.size != _count(shape):
+        raise InputError(
+            f"input {tensor.name!r}: {values.size} values do not fill shape {tensor.shape}"
+        )
+    if values.dtype.kind not in "iu" or values.min() < 0 or values.max() > 255:
         raise InputError(f"input {tensor.name!r}: UINT8 values must be integers in [0, 255]")
-    return np.asarray(values, dtype=np.uint8).reshape(tensor.shape)
+    return values.astype(np.uint8).reshape(shape)
 
 
 def _images_from_tensor(tensor: V2Tensor, limit: int) -> list[bytes]:
@@ -229,7 +245,8 @@ async def _infer(
         images = _images_from_tensor(tensor, services.settings.max_batch_images)
         probs, backend = await classify_images(images, services)
     elif tensor.datatype == "UINT8":
-        probs, backend = await classify_pixels(_pixels_from_tensor(tensor), services)
+        size, limit = backend.preprocess_config.input_size, services.settings.max_batch_images
+        probs, backend = await classify_pixels(_pixels_from_tensor(tensor, size, limit), services)
     else:
         raise InputError(
             f"input {tensor.name!r}: datatype {tensor.datatype!r} is not accepted; send BYTES "
