@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, urlparse
 
 import pytest
 
@@ -208,6 +208,35 @@ def test_redirect_to_a_host_resolving_privately_is_refused(server: str) -> None:
 def test_redirect_to_another_scheme_is_refused(server: str) -> None:
     with pytest.raises(ForbiddenURLError, match="scheme"):
         fetch_url(f"{server}/redirect?to=file:///etc/passwd", LOCAL)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "javascript:alert(1)",
+        "JavaScript:alert(1)",
+        "mailto:a@b.example",
+        "data:image/png;base64,AA",
+    ],
+)
+def test_redirect_to_a_non_http_scheme_is_refused_with_a_reason(server: str, target: str) -> None:
+    # httpx itself fails on these Location values with a bare InvalidURL (a 500 in the service)
+    url = f"{server}/redirect?to={quote(target, safe='')}"
+    with pytest.raises(ForbiddenURLError, match=f"scheme '{target.partition(':')[0].lower()}'"):
+        fetch_url(url, LOCAL)
+    with pytest.raises(ForbiddenURLError, match="only redirects to http or https"):
+        asyncio.run(fetch_url_async(url, LOCAL))
+
+
+@pytest.mark.parametrize("target", ["http://xn--a.example/", "http://[::1"])
+def test_redirect_to_a_malformed_url_is_a_fetch_error(server: str, target: str) -> None:
+    with pytest.raises(FetchError):
+        asyncio.run(fetch_url_async(f"{server}/redirect?to={quote(target, safe='')}", LOCAL))
+
+
+def test_invalid_idna_host_is_refused_not_crashed() -> None:
+    with pytest.raises(FetchError):
+        fetch_url("http://xn--a.example/x.jpg", resolver=lambda host, port: [])
 
 
 def test_safe_redirects_are_followed(server: str) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
+import re
 import socket
 import ssl
 import time
@@ -46,6 +47,7 @@ MAX_URL_LENGTH = 4096
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "imgclf-fetch/1"
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")  # RFC 3986 scheme
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ def _parse_url(url: str | httpx.URL) -> httpx.URL:
         raise ForbiddenURLError(
             f"URL scheme {parsed.scheme or '(none)'!r} is not allowed; use http or https"
         )
-    if not parsed.host:
+    if not parsed.raw_host:  # raw: decoding an invalid IDNA name ("xn--a") would raise
         raise ForbiddenURLError("URL has no host; give an absolute http(s) URL")
     return parsed
 
@@ -244,13 +246,51 @@ def _request(client: httpx.Client | httpx.AsyncClient, hop: _Hop) -> httpx.Reque
     )
 
 
+def _refuse_other_scheme_redirects(response: httpx.Response) -> None:
+    """Refuse a redirect to a non-http(s) URL before httpx parses it (an httpx response hook).
+
+    httpx prepares the next request of every redirect, even when it does not follow it, and
+    fails with a bare ``InvalidURL`` on targets such as ``javascript:alert(1)``; this runs first.
+    """
+    if response.status_code not in _REDIRECT_CODES:
+        return
+    location = response.headers.get("location")
+    if not location:
+        return
+    match = _SCHEME.match(location.strip())
+    scheme = match.group(1).lower() if match else ""
+    if scheme and scheme not in ALLOWED_SCHEMES:
+        raise ForbiddenURLError(
+            f"the URL redirected to a URL with scheme {scheme!r}; only redirects to http or "
+            "https URLs are followed"
+        )
+
+
+async def _refuse_other_scheme_redirects_async(response: httpx.Response) -> None:
+    _refuse_other_scheme_redirects(response)
+
+
 def _redirect_target(response: httpx.Response, hop: _Hop) -> httpx.URL | None:
-    """The next URL if the response is a redirect, else None; raise on HTTP errors."""
+    """The next URL if the response is a redirect, else None; raise on HTTP errors.
+
+    Raises:
+        ForbiddenURLError: The redirect leads to another scheme (``javascript:``, ``data:``...).
+        FetchError: No or an unparsable ``Location``, or an HTTP error status.
+    """
     if response.status_code in _REDIRECT_CODES:
         location = response.headers.get("location")
         if not location:
             raise FetchError(f"{hop.url} answered {response.status_code} without a Location")
-        return hop.url.join(location)
+        try:
+            target = hop.url.join(location)
+        except (httpx.InvalidURL, ValueError, TypeError) as exc:
+            raise FetchError(f"{hop.url} redirected to an invalid URL ({exc})") from exc
+        if target.scheme not in ALLOWED_SCHEMES:
+            raise ForbiddenURLError(
+                f"{hop.url} redirected to a URL with scheme {target.scheme!r}; only redirects to "
+                "http or https URLs are followed"
+            )
+        return target
     if response.status_code >= 400:
         raise FetchError(f"{hop.url} answered HTTP {response.status_code}; expected an image")
     return None
@@ -297,7 +337,9 @@ def _hop_for(url: httpx.URL, policy: FetchPolicy, resolver: Resolver) -> _Hop:
     return _make_hop(url, addresses, policy)
 
 
-def _wrap_transport_error(exc: httpx.HTTPError, url: httpx.URL) -> FetchError:
+def _wrap_transport_error(exc: Exception, url: httpx.URL) -> FetchError:
+    if isinstance(exc, httpx.InvalidURL | UnicodeError):  # a Location httpx cannot parse
+        return FetchError(f"{url} redirected to an invalid URL ({exc})")
     if isinstance(exc, httpx.TimeoutException):
         return FetchError(f"timed out fetching {url} ({type(exc).__name__})")
     return FetchError(f"could not fetch {url}: {type(exc).__name__}: {exc}")
@@ -331,7 +373,11 @@ def fetch_url(
     target = _parse_url(url)
     hop = _hop_for(target, policy, resolver)  # refuse before opening a client
     with httpx.Client(
-        timeout=_timeout(policy), trust_env=False, transport=transport, verify=_ssl_context()
+        timeout=_timeout(policy),
+        trust_env=False,
+        transport=transport,
+        verify=_ssl_context(),
+        event_hooks={"response": [_refuse_other_scheme_redirects]},
     ) as client:
         for attempt in range(policy.max_redirects + 1):
             if attempt:
@@ -348,7 +394,7 @@ def fetch_url(
                         return body.getvalue()
                 finally:
                     response.close()
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
                 raise _wrap_transport_error(exc, hop.url) from exc
             target = _parse_url(next_url)
     raise FetchError(f"{url} redirected more than {policy.max_redirects} times")
@@ -390,7 +436,11 @@ async def _fetch_async(
     target = _parse_url(url)
     hop = await _hop_for_async(target, policy, resolver)  # refuse before opening a client
     async with httpx.AsyncClient(
-        timeout=_timeout(policy), trust_env=False, transport=transport, verify=_ssl_context()
+        timeout=_timeout(policy),
+        trust_env=False,
+        transport=transport,
+        verify=_ssl_context(),
+        event_hooks={"response": [_refuse_other_scheme_redirects_async]},
     ) as client:
         for attempt in range(policy.max_redirects + 1):
             if attempt:
@@ -407,7 +457,7 @@ async def _fetch_async(
                         return body.getvalue()
                 finally:
                     await response.aclose()
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
                 raise _wrap_transport_error(exc, hop.url) from exc
             target = _parse_url(next_url)
     raise FetchError(f"{url} redirected more than {policy.max_redirects} times")

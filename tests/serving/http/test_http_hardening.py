@@ -10,6 +10,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import quote, unquote
 
 import numpy as np
 import pytest
@@ -199,6 +200,64 @@ def test_every_pixel_mode_is_accepted(client: TestClient, mode: str) -> None:
     assert _post_file(client, buffer.getvalue(), "x", "image/png").status_code == 200
 
 
+# -- hostile JSON ----------------------------------------------------------------------------
+
+_DEEP = "[" * 2000 + "]" * 2000
+_HUGE_INT = "1" * 5000  # over the interpreter's 4300-digit conversion limit
+_V2 = "/v2/models/colors/infer"
+_TF = "/v1/models/colors:predict"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "reason"),
+    [
+        ("/predict", _DEEP, "too deeply"),
+        ("/predict", '{"image": ' + _DEEP + "}", "too deeply"),
+        ("/predict/batch", '{"images": ' + _DEEP + "}", "too deeply"),
+        (_V2, '{"inputs": ' + _DEEP + "}", "too deeply"),
+        (_TF, '{"instances": ' + _DEEP + "}", "too deeply"),
+        ("/predict", '{"image": ' + _HUGE_INT + "}", "too many digits"),
+        ("/predict/batch", '{"images": [' + _HUGE_INT + "]}", "too many digits"),
+        (_V2, '{"inputs": [{"name": "p", "shape": [' + _HUGE_INT + "]}]}", "too many digits"),
+        (_TF, '{"instances": [' + _HUGE_INT + "]}", "too many digits"),
+        ("/predict", '{"image": ', "not valid JSON"),
+        (_V2, '{"inputs": ', "not valid JSON"),
+    ],
+)
+def test_hostile_json_is_400_with_a_reason(
+    client: TestClient, path: str, body: str, reason: str
+) -> None:
+    response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert reason in response.json()["detail"]
+
+
+def test_huge_batch_of_junk_is_refused_cheaply_with_a_short_answer(client: TestClient) -> None:
+    # 2 MB of [1,1,...]: pydantic used to report a million item errors (an 80 MB answer)
+    body = '{"images": [' + ",".join(["1"] * 1_000_000) + "]}"
+    response = client.post(
+        "/predict/batch", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["detail"] == "1000000 images sent; at most 32 per request"
+
+
+def test_validation_errors_are_listed_briefly_without_the_input(client: TestClient) -> None:
+    junk = "x" * 10_000
+    body = {"images": [{"nope": junk}] * 32}
+    response = client.post("/predict/batch", json=body)
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert len(response.content) < 2000
+    assert junk[:100] not in detail
+    assert "images.0" in detail and "more problems" in detail
+    v2 = client.post(_V2, json={"inputs": [1], "outputs": [junk] * 8})
+    assert v2.status_code == 422
+    assert len(v2.content) < 2000 and "more problems" in v2.json()["detail"]
+    many_outputs = client.post(_V2, json={"inputs": [1], "outputs": [1] * 100_000})
+    assert len(many_outputs.content) < 2000
+
+
 # -- access control and limits ---------------------------------------------------------------
 
 
@@ -267,9 +326,12 @@ def image_server() -> Iterator[str]:
             pass
 
         def do_GET(self) -> None:
-            if self.path.startswith("/to-metadata"):
+            if self.path.startswith(("/to-metadata", "/redirect?to=")):
+                target = "http://169.254.169.254/latest/meta-data/"
+                if self.path.startswith("/redirect?to="):
+                    target = unquote(self.path.partition("=")[2])
                 self.send_response(302)
-                self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+                self.send_header("Location", target)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
@@ -319,6 +381,19 @@ def test_redirect_to_metadata_is_refused(make_client: ClientFactory, image_serve
     response = client.post("/predict", json={"url": f"{image_server}/to-metadata"})
     assert response.status_code == 400
     assert "169.254.169.254" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "target", ["javascript:alert(1)", "mailto:x@y.example", "data:image/png;base64,AAAA"]
+)
+def test_redirect_to_another_scheme_is_400_with_a_reason(
+    make_client: ClientFactory, image_server: str, target: str
+) -> None:
+    client = make_client(url_allow_loopback=True)
+    url = f"{image_server}/redirect?to={quote(target, safe='')}"
+    response = client.post("/predict", json={"url": url})
+    assert response.status_code == 400, response.text
+    assert f"scheme {target.partition(':')[0]!r}" in response.json()["detail"]
 
 
 def test_url_allowlist_and_switch(make_client: ClientFactory, image_server: str) -> None:
