@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from deploy_helpers import (
@@ -22,21 +20,18 @@ from deploy_helpers import (
 def images() -> Iterator[Images]:
     """Build the serving and model-server images once per session (cached layers make it quick).
 
-    Skips when the build context has no bundled model: both images serve it by default.
+    Built from the repository root, as the docs say. Skips when there is no bundled model: both
+    images serve it by default.
     """
     podman = require_podman()
-    context = Path(os.environ.get("IMGCLF_CONTAINER_CONTEXT", REPO_ROOT)).resolve()
-    manifest = context / "src" / "imgclf" / "models" / "clothing-lite0" / "manifest.json"
+    manifest = REPO_ROOT / "src" / "imgclf" / "models" / "clothing-lite0" / "manifest.json"
     if not manifest.is_file():
         pytest.skip(f"no bundled model at {manifest.parent}: the images serve it by default")
     built = Images(
         serve=f"localhost/imgclf-serve:{TEST_TAG}",
         model_server=f"localhost/imgclf-model-server:{TEST_TAG}",
         base=base_image(),
-        context=context,
     )
-    build_image(podman, DOCKER_DIR / "serve.Dockerfile", built.serve, context, built.base)
-    build_image(
-        podman, DOCKER_DIR / "model-server.Dockerfile", built.model_server, context, built.base
-    )
+    build_image(podman, DOCKER_DIR / "serve.Dockerfile", built.serve, built.base)
+    build_image(podman, DOCKER_DIR / "model-server.Dockerfile", built.model_server, built.base)
     yield built

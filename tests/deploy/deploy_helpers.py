@@ -7,7 +7,6 @@ image and run them; they skip with the reason when podman, the base image
 
 Environment:
     IMGCLF_TEST_BASE_IMAGE: base image for the builds (default ``localhost/python:3.11-slim``).
-    IMGCLF_CONTAINER_CONTEXT: build context (default: the repository root).
     IMGCLF_CLOTHING_DIR: the clothing-small dataset (default ``../shared/datasets/clothing-small``).
 """
 
@@ -199,7 +198,7 @@ class Images:
     serve: str
     model_server: str
     base: str
-    context: Path
+    context: Path = REPO_ROOT
 
 
 def require_podman() -> str:
@@ -230,8 +229,12 @@ def podman_compose() -> list[str]:
     return [sys.executable, "-m", "podman_compose"]
 
 
-def build_image(podman: str, dockerfile: Path, tag: str, context: Path, base: str) -> None:
-    """Build one image (docker format, so HEALTHCHECK is kept); layers are cached between runs."""
+def build_image(podman: str, dockerfile: Path, tag: str, base: str) -> None:
+    """Build one image as the docs say: from the repository root, ``-f deploy/.../X.Dockerfile .``.
+
+    The root's ``.dockerignore`` decides what reaches the context, as for a user's build. Docker
+    format keeps HEALTHCHECK; layers are cached between runs (and shared with the docs tests).
+    """
     run(
         [
             podman,
@@ -240,12 +243,13 @@ def build_image(podman: str, dockerfile: Path, tag: str, context: Path, base: st
             "docker",
             "--build-arg",
             f"BASE_IMAGE={base}",
-            "--file",
-            str(dockerfile),
-            "--tag",
+            "-f",
+            str(dockerfile.relative_to(REPO_ROOT)),
+            "-t",
             tag,
-            str(context),
+            ".",
         ],
+        cwd=REPO_ROOT,
         timeout=1800,
     )
 

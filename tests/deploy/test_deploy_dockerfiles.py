@@ -19,6 +19,7 @@ from deploy_helpers import DOCKER_DIR, REPO_ROOT
 from imgclf.cli import build_parser
 
 SERVING = ("serve.Dockerfile", "model-server.Dockerfile")
+LAMBDA_DOCKERFILE = REPO_ROOT / "deploy" / "lambda" / "Dockerfile"
 ALL = (*SERVING, "train.Dockerfile")
 
 
@@ -150,10 +151,12 @@ def test_dependencies_are_installed_before_the_source_is_copied(
         assert copy.startswith("--from="), f"{name}: the final stage copies only from stages"
 
 
-def test_copied_sources_exist_and_pass_the_ignore_file(
-    dockerfile: tuple[str, Dockerfile],
-) -> None:
-    name, parsed = dockerfile
+@pytest.mark.parametrize(
+    "path", [DOCKER_DIR / name for name in ALL] + [LAMBDA_DOCKERFILE], ids=lambda p: p.parent.name
+)
+def test_copied_sources_exist_and_pass_the_ignore_file(path: Path) -> None:
+    """Every image builds from the repository root: what it COPYs must reach the context."""
+    name, parsed = path.name, parse_dockerfile(path)
     rules = [
         line.strip()
         for line in (REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
@@ -163,7 +166,7 @@ def test_copied_sources_exist_and_pass_the_ignore_file(
         for copy in stage.args("COPY"):
             if copy.startswith("--from="):
                 continue
-            *sources, _dest = shlex.split(copy)
+            *sources, _dest = [word for word in shlex.split(copy) if not word.startswith("--")]
             for source in sources:
                 if source.endswith("*"):  # optional file (README.md*)
                     continue
