@@ -1,0 +1,130 @@
+"""The local invoke URL (images without the Runtime Interface Emulator), over real HTTP.
+
+The server runs the real handler on the tiny colour bundle; requests are sent with httpx exactly
+as a user's ``curl -d`` would send them. The container test (``test_lambda_container.py``) runs
+the same server as the image's entrypoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from imgclf.serving.aws_lambda.local_invoke import (
+    INVOKE_PATH,
+    LocalContext,
+    load_handler,
+    make_server,
+)
+from imgclf.serving.aws_lambda.settings import LAMBDA_SYNC_PAYLOAD_LIMIT
+
+pytestmark = pytest.mark.usefixtures("lambda_env")
+
+
+def serve(handler: Callable[[Any, Any], Any]) -> Iterator[str]:
+    server = make_server(handler, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def invoke_url() -> Iterator[str]:
+    """Base URL of a local invoker running imgclf's handler."""
+    yield from serve(load_handler("imgclf.serving.aws_lambda.handler.handler"))
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_base64_image_gets_the_prediction(
+    invoke_url: str, image_bytes: Callable[..., bytes]
+) -> None:
+    body = json.dumps({"image": b64(image_bytes("blue")), "top_k": 2})
+    response = httpx.post(invoke_url + INVOKE_PATH, content=body, timeout=60)
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["class"] == "blue"
+    assert len(answer["top_k"]) == 2
+    assert answer["model"] == {"name": "colors", "version": "1"}
+
+
+@pytest.mark.parametrize(
+    ("event", "status", "words"),
+    [
+        ({"image": "@@@"}, 400, "base64"),
+        ({"picture": "x"}, 422, "picture"),
+    ],
+)
+def test_bad_events_get_the_handlers_4xx_object(
+    invoke_url: str, event: dict[str, Any], status: int, words: str
+) -> None:
+    response = httpx.post(invoke_url + INVOKE_PATH, json=event, timeout=60)
+    assert response.status_code == 200  # as from the emulator: the function returned normally
+    answer = response.json()
+    assert answer["statusCode"] == status
+    assert words in answer["detail"]
+
+
+@pytest.mark.parametrize("body", [b"not json", b'{"image": ', b"\xff\xfe", b"[" * 100_000])
+def test_body_that_is_not_json_gets_400_without_calling_the_handler(
+    invoke_url: str, body: bytes
+) -> None:
+    response = httpx.post(invoke_url + INVOKE_PATH, content=body, timeout=60)
+    assert response.status_code == 400
+    answer = response.json()
+    assert answer["statusCode"] == 400
+    assert "not JSON" in answer["detail"]
+
+
+def test_wrong_path_method_and_size_are_refused(invoke_url: str) -> None:
+    assert httpx.post(invoke_url + "/predict", json={}, timeout=10).status_code == 404
+    wrong_method = httpx.get(invoke_url + INVOKE_PATH, timeout=10)
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["Allow"] == "POST"
+    # An oversized event is refused from its Content-Length, before any of it is read.
+    port = int(invoke_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            f"POST {INVOKE_PATH} HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Length: {LAMBDA_SYNC_PAYLOAD_LIMIT + 1}\r\n\r\n".encode()
+        )
+        assert sock.recv(100).startswith(b"HTTP/1.1 413")
+
+
+def test_handler_exception_is_reported_like_lambda() -> None:
+    seen: list[Any] = []
+
+    def failing(event: Any, context: Any) -> Any:
+        seen.append(context)
+        raise RuntimeError("S3 is down")
+
+    for url in serve(failing):
+        response = httpx.post(url + INVOKE_PATH, json={"Records": []}, timeout=10)
+    assert response.status_code == 200
+    assert response.headers["X-Amz-Function-Error"] == "Unhandled"
+    assert response.json() == {"errorMessage": "S3 is down", "errorType": "RuntimeError"}
+    context = seen[0]
+    assert isinstance(context, LocalContext)
+    assert context.aws_request_id
+    assert 0 < context.get_remaining_time_in_millis() <= 300_000
+
+
+def test_load_handler_names_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match=r"module\.function"):
+        load_handler("handler")
+    with pytest.raises(ValueError, match="no callable"):
+        load_handler("imgclf.serving.aws_lambda.handler.nothing")
