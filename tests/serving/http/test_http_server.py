@@ -210,6 +210,44 @@ def test_overload_is_refused_before_the_body_is_sent(
     assert 'imgclf_http_requests_total{method="POST",route="/predict",status="503"} 1.0' in metrics
 
 
+def read_answer(sock: socket.socket) -> str:
+    """Everything the server sends on ``sock`` until it closes the connection."""
+    answer = b""
+    while chunk := sock.recv(4096):
+        answer += chunk
+    return answer.decode("latin-1")
+
+
+def test_stalled_uploads_get_408_and_free_their_slots(
+    start_server: Callable[[list[str]], Server], tiny_bundle: Path, image_bytes: ImageBytes
+) -> None:
+    """Uploads that announce more than they send hold a slot only until the body deadline."""
+    server = start_slow_server(start_server, tiny_bundle, 0.0, "queue_size=4", "body_timeout_s=1.5")
+    head = (
+        "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n"
+    )
+    stalled = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(4)]
+    try:
+        started = time.monotonic()
+        for sock in stalled:
+            sock.sendall(head.encode() + b"\xff\xd8" * 50)  # 100 of the 100000 bytes, then silence
+        wait_in_flight(server.base, 4)
+        locked_out = post_jpeg(server.base, image_bytes("green"))
+        assert locked_out.status_code == 503  # every slot is held by a stalled upload
+        assert locked_out.headers["retry-after"] == "1"
+        answers = [read_answer(sock) for sock in stalled]  # the server closes each
+        waited = time.monotonic() - started
+    finally:
+        for sock in stalled:
+            sock.close()
+    for answer in answers:
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert "did not arrive within 1.5 s" in answer
+    assert waited < 8, f"stalled uploads were answered after {waited:.1f} s"
+    assert post_jpeg(server.base, image_bytes("green")).status_code == 200
+
+
 def test_cli_reports_bad_bundle_cleanly(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "imgclf", "serve", "--model", str(tmp_path / "missing")],

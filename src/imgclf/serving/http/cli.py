@@ -26,6 +26,7 @@ _FIELDS = (
     "decode_threads",
     "instances",
     "max_upload_bytes",
+    "body_timeout_s",
     "max_pixels",
     "rate_limit_per_s",
     "graceful_shutdown_s",
@@ -66,6 +67,11 @@ def register(subparsers: Any) -> None:
         "CPU, one per core serves more images per second)",
     )
     parser.add_argument("--max-upload-bytes", type=int, help="request body cap (413 above)")
+    parser.add_argument(
+        "--body-timeout-s",
+        type=float,
+        help="time to receive a request body (default 15; stalled uploads get 408)",
+    )
     parser.add_argument("--max-pixels", type=int, help="declared image pixel cap (413 above)")
     parser.add_argument(
         "--rate-limit", dest="rate_limit_per_s", type=float, help="requests/s per client"

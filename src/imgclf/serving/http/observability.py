@@ -1,6 +1,6 @@
-"""Request ids, access logs as JSON lines, Prometheus request metrics, and the body-size cap.
+"""Request ids, access logs as JSON lines, Prometheus request metrics, body-size and -time caps.
 
-One pure ASGI middleware does all four, so each request is timed once and every log line it
+One pure ASGI middleware does all of these, so each request is timed once and every log line it
 causes carries its request id (``X-Request-ID`` is taken from the client when it looks sane, or
 made up, and always echoed back). Logs describe requests, never their content: no image bytes,
 no base64, no URLs from bodies.
@@ -8,6 +8,7 @@ no base64, no URLs from bodies.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -83,6 +84,18 @@ class PayloadTooLargeError(HTTPException):
         super().__init__(413, f"request body exceeds the limit of {limit:,} bytes; send less data")
 
 
+class BodyTimeoutError(HTTPException):
+    """The request body did not arrive in time (a stalled or very slow upload)."""
+
+    def __init__(self, limit_s: float) -> None:
+        super().__init__(
+            408,
+            f"the request body did not arrive within {limit_s:g} s; send it again, faster or "
+            "smaller",
+            headers={"Connection": "close"},  # the rest of the body is never read
+        )
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
         if key == name:
@@ -91,12 +104,26 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class RequestContextMiddleware:
-    """Request ids, body-size cap, access log and request metrics for every HTTP request."""
+    """Request ids, body caps, access log and request metrics for every HTTP request.
 
-    def __init__(self, app: ASGIApp, *, metrics: ServiceMetrics, max_body_bytes: int) -> None:
+    The body caps: at most ``max_body_bytes`` (413), received within ``body_timeout_s`` of the
+    request's headers (408). Without the deadline a client announcing a larger
+    ``Content-Length`` than it sends holds its admission slot for as long as it keeps the
+    connection open; enough of them lock every other client out.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: ServiceMetrics,
+        max_body_bytes: int,
+        body_timeout_s: float = 15.0,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection scope."""
@@ -138,10 +165,19 @@ class RequestContextMiddleware:
     def _capped(self, receive: Receive) -> Receive:
         received = 0
         limit = self.max_body_bytes
+        deadline = asyncio.get_running_loop().time() + self.body_timeout_s
+        complete = False
 
         async def capped_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # after the body, the app may wait for a disconnect: not bounded
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeoutError(self.body_timeout_s) from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:

@@ -65,6 +65,13 @@ class ServeSettings(BaseSettings):
 
     # Input limits.
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Per request body")
+    body_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        le=600,
+        description="Time allowed to receive a request body after its headers; slower or "
+        "stalled uploads get 408 and give up their place",
+    )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=64 * 64, description="Declared image pixels")
     max_batch_images: int = Field(
         32, ge=1, le=MAX_BATCH_IMAGES, description="Images per batch request"
