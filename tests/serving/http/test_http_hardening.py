@@ -9,6 +9,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -17,6 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 from http_fakes import ClientFactory, FakeBackend
 from PIL import Image
+
+from imgclf.serving.http import ServeSettings, create_app
 
 ImageBytes = Callable[..., bytes]
 
@@ -295,6 +298,35 @@ def test_rate_limit_per_client(make_client: ClientFactory, image_bytes: ImageByt
     assert 1 <= int(limited.headers["retry-after"]) <= 10
     assert "rate limit" in limited.json()["detail"]
     assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("trusted", "peer", "limited"),
+    [
+        ([], "127.0.0.1", True),  # no proxy configured: X-Forwarded-For is the client's say-so
+        (["10.0.0.0/8"], "203.0.113.9", True),  # a proxy list, but this peer is not on it
+        (["10.0.0.0/8"], "10.1.2.3", False),  # a trusted proxy: each forwarded client counts
+    ],
+)
+def test_rotating_forwarded_for_dodges_the_rate_limit_only_through_trusted_proxies(
+    tiny_bundle: Path, trusted: list[str], peer: str, limited: bool
+) -> None:
+    settings = ServeSettings(
+        model=tiny_bundle, threads=1, rate_limit_per_s=0.01, rate_limit_burst=2,
+        trusted_proxies=trusted,
+    )  # fmt: skip
+    with TestClient(create_app(settings), client=(peer, 40000)) as client:
+        statuses = [
+            client.post("/predict", json={}, headers={"X-Forwarded-For": f"198.51.100.{i}"})
+            for i in range(5)
+        ]
+        assert (429 in {r.status_code for r in statuses}) is limited
+        if not limited:  # one forwarded client is still limited on its own
+            same = [
+                client.post("/predict", json={}, headers={"X-Forwarded-For": "198.51.100.1"})
+                for _ in range(3)
+            ]
+            assert same[-1].status_code == 429
 
 
 def test_token_bucket_refills() -> None:

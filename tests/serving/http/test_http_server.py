@@ -248,6 +248,24 @@ def test_stalled_uploads_get_408_and_free_their_slots(
     assert post_jpeg(server.base, image_bytes("green")).status_code == 200
 
 
+@pytest.mark.parametrize("trusted", [False, True])
+def test_forwarded_for_from_loopback_is_believed_only_when_configured(
+    start_server: Callable[[list[str]], Server], tiny_bundle: Path, trusted: bool
+) -> None:
+    """uvicorn trusts X-Forwarded-For from 127.0.0.1 by default; imgclf serve only when told."""
+    args = [*("-m", "imgclf", "serve", "--model", str(tiny_bundle), "--port", "{port}")]
+    args += ["--threads", "1", "--rate-limit", "0.01"]  # burst 20, then 429
+    server = start_server(args + (["--trusted-proxy", "127.0.0.1"] if trusted else []))
+    with httpx.Client(base_url=server.base, timeout=10) as client:
+        statuses = {
+            client.post(
+                "/predict", json={}, headers={"X-Forwarded-For": f"198.51.100.{i}"}
+            ).status_code
+            for i in range(25)
+        }
+    assert (429 in statuses) is not trusted
+
+
 def test_cli_reports_bad_bundle_cleanly(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "imgclf", "serve", "--model", str(tmp_path / "missing")],

@@ -46,11 +46,23 @@ def test_cli_options_override_the_environment(monkeypatch: pytest.MonkeyPatch) -
         ({"model_server_url": "http://x:1"}, "grpc://"),
         ({"model_server_url": "grpc://x:1", "model": "/tmp/b"}, "not both"),
         ({"unknown_option": 1}, "unknown_option"),
+        ({"trusted_proxies": ["proxy.internal"]}, "not an IP address or CIDR"),
     ],
 )
 def test_invalid_settings_are_refused(kwargs: dict[str, object], fragment: str) -> None:
     with pytest.raises(ValidationError, match=fragment):
         ServeSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_trusted_proxies_from_cli_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGCLF_TRUSTED_PROXIES", "10.0.0.1, 192.168.0.0/16")
+    assert ServeSettings().trusted_proxies == ["10.0.0.1", "192.168.0.0/16"]
+    monkeypatch.setenv("IMGCLF_TRUSTED_PROXIES", '["10.1.2.3/8"]')
+    assert ServeSettings().trusted_proxies == ["10.0.0.0/8"]  # uvicorn wants the network form
+    monkeypatch.delenv("IMGCLF_TRUSTED_PROXIES")
+    assert ServeSettings().trusted_proxies == []
+    cli = build_settings(_parse("--trusted-proxy", "127.0.0.1", "--trusted-proxy", "::1"))
+    assert cli.trusted_proxies == ["127.0.0.1", "::1"]
 
 
 def test_cli_turns_bad_settings_into_a_config_error() -> None:

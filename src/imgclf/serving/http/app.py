@@ -97,6 +97,10 @@ def create_app(
         max_body_bytes=settings.max_upload_bytes,
         body_timeout_s=settings.body_timeout_s,
     )
+    if settings.trusted_proxies:  # outermost: logs, metrics and the rate limit see the client
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app
 
 
@@ -118,6 +122,9 @@ def run_server(settings: ServeSettings, *, backend: InferenceBackend | None = No
         timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_s),
         server_header=False,
         timeout_keep_alive=5,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 (or $FORWARDED_ALLOW_IPS) by default,
+        # so any local client could pick its address; create_app trusts settings.trusted_proxies.
+        proxy_headers=False,
     )
 
 

@@ -77,6 +77,14 @@ def register(subparsers: Any) -> None:
         "--rate-limit", dest="rate_limit_per_s", type=float, help="requests/s per client"
     )
     parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        dest="trusted_proxies",
+        metavar="IP_OR_CIDR",
+        help="reverse proxy whose X-Forwarded-For is believed (repeat; default: none, the "
+        "connecting address is the client)",
+    )
+    parser.add_argument(
         "--cors-origin", action="append", dest="cors_origins", help="allowed origin (repeat)"
     )
     parser.add_argument(
@@ -102,6 +110,8 @@ def build_settings(args: argparse.Namespace) -> Any:
     }
     if args.cors_origins:
         overrides["cors_origins"] = args.cors_origins
+    if args.trusted_proxies:
+        overrides["trusted_proxies"] = args.trusted_proxies
     if args.plain_logs:
         overrides["log_json"] = False
     try:

@@ -7,11 +7,13 @@ safe default.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from imgclf.inference.fetch import FetchPolicy
 from imgclf.preprocessing import DEFAULT_MAX_PIXELS
@@ -91,10 +93,44 @@ class ServeSettings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins")
     rate_limit_per_s: float | None = Field(None, gt=0, description="Per-client requests/second")
     rate_limit_burst: int = Field(20, ge=1, description="Per-client burst size")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="IP addresses or CIDR networks of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed (the client is the last address not in the list); "
+        "empty: the connecting peer is the client, whatever it claims",
+    )
 
     # Logging.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(True, description="One JSON object per log line")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        """Accept a JSON list or a comma-separated string (as uvicorn's FORWARDED_ALLOW_IPS)."""
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else text.split(",")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        """Each entry must be an IP or a network: a typo must not silently trust nobody."""
+        normalised = []
+        for entry in (item.strip() for item in value):
+            if not entry:
+                continue
+            try:
+                if "/" in entry:
+                    normalised.append(str(ipaddress.ip_network(entry, strict=False)))
+                else:
+                    normalised.append(str(ipaddress.ip_address(entry)))
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or CIDR network (e.g. 10.0.0.0/8)"
+                ) from None
+        return normalised
 
     @model_validator(mode="after")
     def _check_mode(self) -> ServeSettings:
