@@ -96,11 +96,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return service_pb2.ModelConfigResponse(config=model.config)
 
     def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        """Loaded model versions (Triton's model repository extension, read-only)."""
+        """Model versions: READY, or UNAVAILABLE with the reason (Triton's repository extension)."""
         index = service_pb2.RepositoryIndexResponse()
-        for name in self._repository.model_names():
-            for version in self._repository.versions(name):
-                index.models.add(name=name, version=str(version), state="READY")
+        for row in self._repository.index():
+            if row.state == "READY" or not request.ready:
+                index.models.add(
+                    name=row.name, version=str(row.version), state=row.state, reason=row.reason
+                )
         return index
 
     def ModelStatistics(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802

@@ -126,6 +126,8 @@ class ServedModel:
         import onnxruntime as ort
 
         path = model_dir / str(version) / (config.default_model_filename or "model.onnx")
+        if not path.is_file():
+            raise BundleError(f"{path}: the model file is missing (not copied yet?)")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

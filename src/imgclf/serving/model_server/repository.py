@@ -8,12 +8,20 @@ a repository that loads here loads in Triton, and the version policy follows Tri
 :meth:`ModelRepository.poll` compares the directory with what is loaded: new versions are loaded
 before old ones are unloaded (requests never see a gap), removed ones are drained and unloaded,
 changed files are reloaded. A background thread polls every ``poll_interval_s`` seconds.
+
+A version that cannot be loaded (a half-copied or corrupt model file, a missing file, a model
+that does not match its config) never takes a model offline: until every version the policy
+selects has loaded, the model keeps serving the versions it served before, the failure is logged
+as a warning with its reason and reported by :meth:`ModelRepository.index` (and so by the
+version-ready endpoints), and the version is tried again as soon as its files change (a copy
+that completes) or :data:`RETRY_FAILED_S` seconds later.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 #: Identity of a loaded version: (model, version) -> file stamps; a change triggers a reload.
 Stamp = tuple[tuple[str, int, int], ...]
+#: A version that failed to load is tried again when its files change, or after this many seconds.
+RETRY_FAILED_S = 60.0
 
 
 def parse_model_config(model_dir: Path) -> Any:
@@ -55,12 +65,15 @@ def parse_model_config(model_dir: Path) -> Any:
 
 
 def select_versions(model_dir: Path, config: Any) -> list[int]:
-    """Versions the config's version policy selects among those present on disk, ascending."""
-    filename = config.default_model_filename or MODEL_FILENAME
+    """Versions the config's version policy selects among those present on disk, ascending.
+
+    Every numeric sub-directory is a version, with or without its model file (as in Triton): a
+    version directory whose file is still missing is selected, fails to load, and is reported.
+    """
     present = sorted(
         int(child.name)
         for child in model_dir.iterdir()
-        if child.name.isdigit() and int(child.name) > 0 and (child / filename).is_file()
+        if child.name.isdigit() and int(child.name) > 0 and child.is_dir()
     )
     policy = config.version_policy
     kind = policy.WhichOneof("policy_choice")
@@ -79,6 +92,30 @@ class _Entry:
     stamp: Stamp
 
 
+@dataclass(frozen=True)
+class _Failure:
+    stamp: Stamp
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """One row of the repository index: a model version and whether it serves.
+
+    Attributes:
+        name: Model name.
+        version: Version number.
+        state: ``READY`` (loaded and serving) or ``UNAVAILABLE`` (failed to load).
+        reason: Why an ``UNAVAILABLE`` version is not loaded ("" when ready).
+    """
+
+    name: str
+    version: int
+    state: str
+    reason: str = ""
+
+
 @dataclass
 class ModelRepository:
     """Loaded models of a repository directory. Thread-safe.
@@ -92,6 +129,7 @@ class ModelRepository:
     threads: int | None = None
     _loaded: dict[tuple[str, int], _Entry] = field(default_factory=dict)
     _errors: dict[str, str] = field(default_factory=dict)
+    _failed: dict[tuple[str, int], _Failure] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _poller: threading.Thread | None = None
@@ -106,9 +144,14 @@ class ModelRepository:
         with self._lock:
             current = {key: entry.stamp for key, entry in self._loaded.items()}
         for key, (model_dir, config, stamp) in wanted.items():
-            if current.get(key) != stamp:
+            if current.get(key) != stamp and self._should_try(key, stamp, errors):
                 self._load(key, model_dir, config, stamp, errors)
-        removed = [key for key in current if key not in wanted]
+        with self._lock:
+            self._failed = {k: f for k, f in self._failed.items() if k in wanted}
+            failing = {name for name, _ in self._failed}
+            current = {key: entry.stamp for key, entry in self._loaded.items()}
+        # A model whose selected versions did not all load keeps serving what it served.
+        removed = [key for key in current if key not in wanted and key[0] not in failing]
         for key in removed:
             with self._lock:
                 entry = self._loaded.pop(key)
@@ -137,6 +180,17 @@ class ModelRepository:
                             wanted[key] = (model_dir, entry.model.config, entry.stamp)
         return wanted, errors
 
+    def _should_try(self, key: tuple[str, int], stamp: Stamp, errors: dict[str, str]) -> bool:
+        """False while a failed version's files are unchanged and its retry time is not due."""
+        with self._lock:
+            failure = self._failed.get(key)
+        if failure is None or failure.stamp != stamp:
+            return True
+        if time.monotonic() - failure.at >= RETRY_FAILED_S:
+            return True
+        errors.setdefault(key[0], failure.reason)
+        return False
+
     def _load(
         self,
         key: tuple[str, int],
@@ -145,15 +199,25 @@ class ModelRepository:
         stamp: Stamp,
         errors: dict[str, str],
     ) -> None:
+        name, version = key
         try:
-            model = ServedModel.load(model_dir, key[1], config, threads=self.threads)
-        except BundleError as exc:
-            errors[key[0]] = str(exc)
-            logger.error("model %s version %d: %s", key[0], key[1], exc)
+            model = ServedModel.load(model_dir, version, config, threads=self.threads)
+        except Exception as exc:  # whatever the files hold, a bad version must not stop the poll
+            reason = str(exc) if isinstance(exc, BundleError) else f"{type(exc).__name__}: {exc}"
+            errors[name] = reason
+            with self._lock:
+                self._failed[key] = _Failure(stamp, reason, time.monotonic())
+                serving = sorted(v for (n, v) in self._loaded if n == name)
+            fallback = f"still serving versions {serving}" if serving else "nothing to serve"
+            logger.warning(
+                "model %s version %d failed to load (%s); %s; retrying when its files change",
+                name, version, reason, fallback,
+            )  # fmt: skip
             return
         with self._lock:
             old = self._loaded.get(key)
             self._loaded[key] = _Entry(model, stamp)
+            self._failed.pop(key, None)
         logger.info("loaded %s version %d", *key)
         if old is not None:
             old.model.close()
@@ -163,11 +227,12 @@ class ModelRepository:
 
         Raises:
             ModelNotFoundError: No such model or version.
-            ModelNotReadyError: The model exists on disk but failed to load.
+            ModelNotReadyError: The model or the version exists on disk but failed to load.
         """
         with self._lock:
             versions = {v: e.model for (n, v), e in self._loaded.items() if n == name}
             error = self._errors.get(name)
+            failed = self._failed.get((name, int(version))) if version.isdigit() else None
         if not versions:
             if error is not None:
                 raise ModelNotReadyError(f"model {name!r} is not loaded: {error}")
@@ -176,6 +241,11 @@ class ModelRepository:
             )
         if not version:
             return versions[max(versions)]
+        if failed is not None and int(version) not in versions:
+            raise ModelNotReadyError(
+                f"model {name!r} version {version} failed to load: {failed.reason}; "
+                f"serving {sorted(versions)}"
+            )
         if not version.isdigit() or int(version) not in versions:
             raise ModelNotFoundError(
                 f"model {name!r} has no version {version!r}; available: {sorted(versions)}"
@@ -186,6 +256,17 @@ class ModelRepository:
         """Loaded versions of a model, ascending."""
         with self._lock:
             return sorted(v for (n, v) in self._loaded if n == name)
+
+    def index(self) -> list[VersionState]:
+        """Every version the repository serves or failed to load, by name and version."""
+        with self._lock:
+            rows = [VersionState(n, v, "READY") for n, v in self._loaded]
+            rows += [
+                VersionState(n, v, "UNAVAILABLE", failure.reason)
+                for (n, v), failure in self._failed.items()
+                if (n, v) not in self._loaded
+            ]
+        return sorted(rows, key=lambda row: (row.name, row.version))
 
     def model_names(self) -> list[str]:
         """Names of models with at least one loaded version."""

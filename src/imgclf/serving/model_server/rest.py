@@ -5,7 +5,8 @@ Routes (``/versions/{v}`` is optional wherever a model is named)::
     GET  /v2                                 server metadata
     GET  /v2/health/live | /v2/health/ready  200 when live/ready, 503 otherwise
     GET  /v2/models/{m}                      model metadata
-    GET  /v2/models/{m}/ready                200 when the model is loaded, 503 otherwise
+    GET  /v2/models/{m}/ready                200 when the model is loaded, else 503 + reason
+    POST /v2/repository/index                every version: READY, or UNAVAILABLE with the reason
     GET  /v2/models/{m}/config               the model's config.pbtxt as JSON (as Triton)
     GET  /v2/models/{m}/stats                inference statistics (as Triton)
     POST /v2/models/{m}/infer                inference
@@ -81,10 +82,26 @@ def create_rest_app(
 
     def model_ready(model: str, version: str = "") -> JSONResponse:
         try:
-            repository.get(model, version)
-        except ImgclfError:
-            return JSONResponse({"name": model, "ready": False}, status_code=503)
-        return JSONResponse({"name": model, "ready": True})
+            served = repository.get(model, version)
+        except ImgclfError as exc:
+            body = {"name": model, "version": version, "ready": False, "error": str(exc)}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"name": model, "version": str(served.version), "ready": True})
+
+    @app.post("/v2/repository/index")
+    async def repository_index(request: Request) -> list[dict[str, str]]:
+        body = await _read_body(request, 64 * 1024)
+        try:
+            options = json.loads(body) if body.strip() else {}
+        except (ValueError, RecursionError) as exc:
+            raise InputError(f"repository index request is not valid JSON ({exc})") from exc
+        ready_only = isinstance(options, dict) and options.get("ready") is True
+        return [
+            {"name": row.name, "version": str(row.version), "state": row.state}
+            | ({"reason": row.reason} if row.reason else {})
+            for row in repository.index()
+            if row.state == "READY" or not ready_only
+        ]
 
     def model_config(model: str, version: str = "") -> dict[str, Any]:
         served = repository.get(model, version)
