@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -63,6 +64,23 @@ def test_trusted_proxies_from_cli_and_environment(monkeypatch: pytest.MonkeyPatc
     assert ServeSettings().trusted_proxies == []
     cli = build_settings(_parse("--trusted-proxy", "127.0.0.1", "--trusted-proxy", "::1"))
     assert cli.trusted_proxies == ["127.0.0.1", "::1"]
+
+
+def test_api_key_from_the_command_line_or_a_file(tmp_path: Path) -> None:
+    assert build_settings(_parse()).api_key is None
+    given = build_settings(_parse("--api-key", "k-123")).api_key
+    assert given is not None and given.get_secret_value() == "k-123"
+    secret = tmp_path / "key"
+    secret.write_text("k-from-file\n")  # as mounted secrets usually end
+    read = build_settings(_parse("--api-key-file", str(secret))).api_key
+    assert read is not None and read.get_secret_value() == "k-from-file"
+    with pytest.raises(ConfigError, match="cannot read the API key file"):
+        build_settings(_parse("--api-key-file", str(tmp_path / "missing")))
+    secret.write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        build_settings(_parse("--api-key-file", str(secret)))
+    with pytest.raises(SystemExit):
+        _parse("--api-key", "a", "--api-key-file", str(secret))
 
 
 def test_cli_turns_bad_settings_into_a_config_error() -> None:

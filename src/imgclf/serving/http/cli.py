@@ -7,6 +7,7 @@ line override ``IMGCLF_*`` environment variables, which override the defaults.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from imgclf.errors import ConfigError
@@ -76,6 +77,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--rate-limit", dest="rate_limit_per_s", type=float, help="requests/s per client"
     )
+    key = parser.add_mutually_exclusive_group()
+    key.add_argument(
+        "--api-key",
+        help="require this key in the X-API-Key header on inference routes (visible to other "
+        "local users in the process list: prefer --api-key-file or IMGCLF_API_KEY)",
+    )
+    key.add_argument(
+        "--api-key-file",
+        type=Path,
+        metavar="PATH",
+        help="read the required API key from this file (e.g. a mounted secret)",
+    )
     parser.add_argument(
         "--trusted-proxy",
         action="append",
@@ -114,6 +127,9 @@ def build_settings(args: argparse.Namespace) -> Any:
         overrides["trusted_proxies"] = args.trusted_proxies
     if args.plain_logs:
         overrides["log_json"] = False
+    api_key = _api_key(args)
+    if api_key is not None:
+        overrides["api_key"] = api_key
     try:
         return ServeSettings(**overrides)
     except ValidationError as exc:
@@ -122,6 +138,23 @@ def build_settings(args: argparse.Namespace) -> Any:
             for err in exc.errors()
         )
         raise ConfigError(f"invalid serve settings: {problems}") from exc
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    """The key given with ``--api-key`` or read from ``--api-key-file`` (None: neither)."""
+    path: Path | None = getattr(args, "api_key_file", None)
+    if path is None:
+        given: str | None = getattr(args, "api_key", None)
+        if given is not None and not given.strip():
+            raise ConfigError("--api-key is empty; give the key clients must send")
+        return given
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the API key file {path}: {exc}") from exc
+    if not key:
+        raise ConfigError(f"the API key file {path} is empty")
+    return key
 
 
 def run_serve(args: argparse.Namespace) -> int:
