@@ -173,7 +173,20 @@ def test_backend_failure_is_503_not_500(
     client = make_client(backend=FakeBackend(fail=True))
     response = client.post("/predict", json={"image": _b64(image_bytes())})
     assert response.status_code == 503
-    assert "model server unreachable" in response.json()["detail"]
+    assert response.headers["retry-after"] == "1"
+    detail = response.json()["detail"]
+    assert "model server is unavailable" in detail
+    assert "10.0.0.1" not in detail and "grpc://" not in detail  # internal addresses: log only
+    assert response.headers["x-request-id"] in detail  # ... where this id finds them
+
+
+def test_every_503_says_when_to_retry(make_client: ClientFactory) -> None:
+    backend = FakeBackend(ready=False)
+    client = make_client(backend=backend)
+    for path in ("/ready", "/v2/health/ready", "/v2/models/fake/ready"):
+        response = client.get(path)
+        assert response.status_code == 503, path
+        assert response.headers["retry-after"] == "1", path
 
 
 def test_request_id_is_echoed_or_generated(client: TestClient) -> None:

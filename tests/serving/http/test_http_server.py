@@ -266,6 +266,42 @@ def test_forwarded_for_from_loopback_is_believed_only_when_configured(
     assert (429 in statuses) is not trusted
 
 
+def test_client_gone_mid_upload_is_499_not_an_error_and_api_key_file_works(
+    start_server: Callable[[list[str]], Server],
+    tiny_bundle: Path,
+    image_bytes: ImageBytes,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "key").write_text("k-9f2\n")
+    args = [*("-m", "imgclf", "serve", "--model", str(tiny_bundle), "--port", "{port}")]
+    args += ["--threads", "1", "--api-key-file", str(tmp_path / "key"), "--log-level", "info"]
+    server = start_server(args)
+    upload = {"file": ("x.jpg", image_bytes("green"), "image/jpeg")}
+    assert httpx.post(f"{server.base}/predict", files=upload).status_code == 401
+    with_key = httpx.post(f"{server.base}/predict", files=upload, headers={"X-API-Key": "k-9f2"})
+    assert with_key.status_code == 200
+    for path, kind in [
+        ("/predict", "application/octet-stream"),
+        ("/predict", "multipart/form-data; boundary=xyz"),
+        ("/v2/models/colors/infer", "application/json"),
+    ]:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: k-9f2\r\n"
+            f"Content-Type: {kind}\r\nContent-Length: 100000\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(head.encode() + b"--xyz\r\n" + b"{" * 100)  # then hang up
+        time.sleep(0.3)
+    metrics = httpx.get(f"{server.base}/metrics", timeout=5).text
+    assert 'route="/predict",status="499"} 2.0' in metrics
+    assert 'route="/v2/models/{name}/infer",status="499"} 1.0' in metrics
+    assert 'status="500"' not in metrics and 'status="400"' not in metrics
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(15)
+    entries = [json.loads(line) for line in server.log_lines() if line.startswith("{")]
+    assert not [e for e in entries if e["level"] == "error"], entries
+
+
 def test_cli_reports_bad_bundle_cleanly(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "imgclf", "serve", "--model", str(tmp_path / "missing")],

@@ -21,11 +21,12 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from imgclf import __version__
-from imgclf.errors import ImgclfError, InputError, OverloadedError, ServingError
+from imgclf.errors import ImgclfError, InputError, ModelServerError, ServingError
 from imgclf.serving.backend import InferenceBackend
 from imgclf.serving.http import api, page, tfserving, v2
 from imgclf.serving.http.admission import AdmissionMiddleware
@@ -34,6 +35,7 @@ from imgclf.serving.http.dependencies import Services
 from imgclf.serving.http.jsonbody import describe_errors
 from imgclf.serving.http.metrics import ServiceMetrics
 from imgclf.serving.http.observability import (
+    CLIENT_CLOSED_REQUEST,
     RequestContextMiddleware,
     configure_logging,
     error_payload,
@@ -198,18 +200,41 @@ def _error_body(request: Request, detail: str) -> dict[str, str]:
     return error_payload(request.url.path, detail)
 
 
+#: What a client is told when the model server fails (gateway mode): the full message, which
+#: may name internal hosts and addresses, goes to the log under the request's id instead.
+_MODEL_SERVER_DETAILS = {
+    503: "the model server is unavailable; retry after 1 s",
+    504: "the model server did not answer in time; retry later",
+}
+
+
+def _public_detail(request: Request, exc: ImgclfError, status: int) -> str:
+    if not isinstance(exc, ModelServerError):
+        return str(exc)
+    request_id = request.scope.get("state", {}).get("request_id", "-")
+    text = _MODEL_SERVER_DETAILS.get(status, "the model server failed to answer this request")
+    return f"{text} (request id {request_id})"
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ImgclfError)
     async def imgclf_error(request: Request, exc: ImgclfError) -> JSONResponse:
-        headers = {}
-        if isinstance(exc, OverloadedError):
-            headers["Retry-After"] = retry_after_header(exc.retry_after_s)
         status = getattr(exc, "status_code", 500)
         if isinstance(exc, InputError | ServingError):
             status = exc.status_code
+        headers = {}
+        if status == 503:  # every 503 says when to come back
+            headers["Retry-After"] = retry_after_header(getattr(exc, "retry_after_s", 1.0))
         if status >= 500:
             logger.warning("%s: %s", type(exc).__name__, exc)
-        return JSONResponse(_error_body(request, str(exc)), status, headers=headers or None)
+        detail = _public_detail(request, exc, status)
+        return JSONResponse(_error_body(request, detail), status, headers=headers or None)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # Nobody is left to read an answer; 499 (as nginx logs it) keeps this out of the 5xx
+        # counts and the error log: it is not the service's failure.
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

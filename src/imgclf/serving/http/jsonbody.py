@@ -23,8 +23,10 @@ from typing import Any
 
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+
+from imgclf.serving.http.observability import CLIENT_CLOSED_REQUEST
 
 #: Validation problems listed in an error message; the rest are counted.
 MAX_REPORTED_ERRORS = 5
@@ -78,6 +80,12 @@ def describe_errors(errors: Iterable[Mapping[str, Any]]) -> str:
 
 
 class _JSONBodyRequest(Request):
+    async def body(self) -> bytes:
+        try:
+            return await super().body()
+        except ClientDisconnect as exc:  # FastAPI would call it "an error parsing the body"
+            raise HTTPException(CLIENT_CLOSED_REQUEST, "the client closed the request") from exc
+
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             try:

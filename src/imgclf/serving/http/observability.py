@@ -32,6 +32,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 REQUEST_ID_HEADER = "x-request-id"
 #: Paths of the KServe V2 and TF Serving protocols, whose clients expect an ``"error"`` field.
 PROTOCOL_PREFIXES = ("/v2", "/v1/")
+#: Status recorded for a request whose client went away before it was answered (nginx's 499).
+CLIENT_CLOSED_REQUEST = 499
 #: Scope key a middleware sets to name the route of a request it answers before routing.
 ROUTE_TEMPLATE_KEY = "imgclf.route_template"
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")

@@ -193,7 +193,9 @@ async def ready(services: ServicesDep) -> Any:
     if services.is_ready():
         return {"ready": True}
     return JSONResponse(
-        {"ready": False, "detail": "model not ready", "error": "model not ready"}, 503
+        {"ready": False, "detail": "model not ready", "error": "model not ready"},
+        503,
+        headers={"Retry-After": "1"},
     )
 
 
@@ -233,7 +235,9 @@ async def model_ready(name: ModelName, services: ServicesDep) -> Any:
     """Whether this model can infer now."""
     _backend_named(services, name)
     ready = services.is_ready()
-    return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+    if ready:
+        return {"name": name, "ready": True}
+    return JSONResponse({"name": name, "ready": False}, 503, headers={"Retry-After": "1"})
 
 
 async def _infer(
