@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from imgclf.bundle import load_bundle
 from imgclf.errors import BundleError, ConfigError, ExportError
 from imgclf.export.triton import export_triton, export_triton_repository
+from imgtools import COLORS, encode_image, make_image
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 text_format = pytest.importorskip("google.protobuf.text_format")
@@ -178,3 +180,65 @@ def test_export_cli_triton_rejects_options_it_does_not_take(
     )
     assert code == 2
     assert "does not accept --calibration-images" in capsys.readouterr().err
+
+
+def test_bundled_model_exports_by_cli_and_serves_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bundled model has only an int8 ONNX model: ``auto`` exports it and a server runs it."""
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    from imgclf.bundle import default_bundle_path
+    from imgclf.cli import main
+    from imgclf.inference import Predictor
+    from imgclf.preprocessing import load_pixels
+    from imgclf.serving.model_server.server import ModelServer, ModelServerSettings
+
+    bundled = load_bundle(default_bundle_path())
+    assert set(bundled.manifest.artifacts) == {"onnx-int8"}  # what makes this test meaningful
+    repo = tmp_path / "repo"
+    assert main(["export", "--format", "triton", "--out", str(repo)]) == 0
+    assert "clothing-lite0 (4 files" in capsys.readouterr().out
+    model_dir = repo / bundled.manifest.name
+    served = model_dir / "1" / "model.onnx"
+    assert served.read_bytes() == bundled.artifact_path("onnx-int8").read_bytes()
+    assert json.loads((model_dir / "imgclf.json").read_text())["artifact"] == "onnx-int8"
+    assert parse_config(model_dir).max_batch_size == 8
+
+    predictor = Predictor.from_bundle(threads=1)
+    pixels = np.stack(
+        [load_pixels(encode_image(make_image(c, (96, 128), seed=i)), predictor.preprocess_config)
+         for i, c in enumerate(COLORS.values())]
+    )  # fmt: skip
+    server = ModelServer(
+        ModelServerSettings(repository=repo, grpc_port=0, http_port=None, poll_interval_s=0)
+    )
+    server.start()
+    try:
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}") as client:
+            assert client.is_model_ready(bundled.manifest.name)
+            tensor = grpcclient.InferInput("pixels", list(pixels.shape), "UINT8")
+            tensor.set_data_from_numpy(pixels)
+            output = grpcclient.InferRequestedOutput("probabilities")
+            result = client.infer(bundled.manifest.name, [tensor], outputs=[output])
+            probs = result.as_numpy("probabilities")
+    finally:
+        server.stop(grace_s=0)
+    np.testing.assert_allclose(probs, predictor.run_pixels(pixels), atol=1e-5)
+
+
+def test_bundled_model_explicit_fp32_choice_is_refused_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from imgclf.cli import main
+
+    code = main(["export", "--format", "triton", "--out", str(tmp_path), "--artifact", "onnx"])
+    assert code == 2
+    assert "no 'onnx' artifact (available: onnx-int8)" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_auto_order_is_the_predictors() -> None:
+    from imgclf.export.triton import TRITON_ARTIFACTS
+    from imgclf.inference import AUTO_ARTIFACTS
+
+    assert [k for k in AUTO_ARTIFACTS if k in TRITON_ARTIFACTS] == list(TRITON_ARTIFACTS)

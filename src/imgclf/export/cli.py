@@ -1,10 +1,11 @@
-"""``imgclf export``: turn a trained bundle into ONNX (fp32, int8) or TFLite artifacts.
+"""``imgclf export``: a trained bundle to ONNX (fp32, int8), TFLite or a Triton repository.
 
 Examples::
 
     imgclf export runs/clothing --format onnx --data datasets/clothing-small
     imgclf export runs/clothing --format onnx-int8 --data datasets/clothing-small
     imgclf export runs/clothing --format onnx-int8 --out dist/clothing-serving
+    imgclf export --format triton --out model-repository   # the bundled model
 
 The flags come from the option table in :mod:`imgclf.export.formats`; each format accepts only
 its own options and refuses the others by name.
@@ -29,7 +30,7 @@ def register(subparsers: Any) -> None:
     )
     parser = subparsers.add_parser(
         "export",
-        help="export a bundle to ONNX (fp32, int8) or TFLite",
+        help="export a bundle to ONNX (fp32, int8), TFLite or a Triton model repository",
         description=(
             "Export a trained bundle's model and register the new artifact (with its checksum, "
             "parity and accuracy numbers) in the bundle's manifest."
@@ -61,7 +62,9 @@ def run_export(args: argparse.Namespace) -> int:
 
     options = {name: getattr(args, name) for name in OPTIONS if hasattr(args, name)}
     result = export_bundle(args.bundle, args.format, **options)
-    print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.2f} MB)")
+    files = [p for p in result.path.rglob("*") if p.is_file()] if result.path.is_dir() else []
+    size = sum(p.stat().st_size for p in files) if files else result.path.stat().st_size
+    print(f"wrote {result.path} ({f'{len(files)} files, ' if files else ''}{size / 1e6:.2f} MB)")
     if result.info is not None:
         if result.info.metrics:
             print(f"metrics: {json.dumps(result.info.metrics)}")

@@ -143,9 +143,10 @@ OPTIONS: dict[str, ExportOption] = {
         ),
         ExportOption(
             "artifact",
-            "triton: bundle artifact to serve (default onnx)",
+            "triton: bundle artifact to serve (default auto: the int8 ONNX model if the bundle "
+            "has it, else fp32, as imgclf serve runs)",
             str,
-            choices=("auto", "onnx", "onnx-int8"),
+            choices=("auto", "onnx-int8", "onnx"),
         ),
     )
 }

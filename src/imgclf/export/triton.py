@@ -53,6 +53,9 @@ ORT_TO_TRITON: dict[str, str] = {
     "tensor(int64)": "TYPE_INT64",
 }
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: Bundle artifacts a repository can serve, in the order ``auto`` picks them: int8 first, as the
+#: Predictor (``imgclf serve``, ``imgclf model-server --bundle``) does.
+TRITON_ARTIFACTS: tuple[str, ...] = ("onnx-int8", "onnx")
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def export_triton_repository(
     model_name: str | None = None,
     version: int = 1,
     max_batch_size: int = 8,
-    artifact: str = "onnx",
+    artifact: str = "auto",
     max_queue_delay_us: int = 2000,
 ) -> Path:
     """Write (or add a version to) a Triton model repository from a bundle's ONNX artifact.
@@ -82,8 +85,8 @@ def export_triton_repository(
         model_name: Model directory name (defaults to the bundle's name).
         version: Positive integer version directory to write.
         max_batch_size: Largest batch the server forms; 0 disables batching.
-        artifact: Bundle artifact to copy: ``onnx``, ``onnx-int8``, or ``auto`` (int8 if the
-            bundle has it, else fp32).
+        artifact: Bundle artifact to copy: ``auto`` (the int8 ONNX model if the bundle has it,
+            else fp32, like ``imgclf serve``), ``onnx-int8`` or ``onnx``.
         max_queue_delay_us: How long dynamic batching waits to fill a batch, in microseconds.
 
     Returns:
@@ -96,9 +99,8 @@ def export_triton_repository(
     """
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     name = model_name or loaded.manifest.name
-    if artifact == "auto":  # what `imgclf serve` would run: int8 when the bundle has it
-        artifact = "onnx-int8" if "onnx-int8" in loaded.manifest.artifacts else "onnx"
     _check_options(name, version, max_batch_size, artifact, max_queue_delay_us)
+    artifact = choose_artifact(loaded, artifact)
     source = loaded.artifact_path(artifact)
     inputs, outputs = read_onnx_signature(source, batched=max_batch_size > 0)
     model_dir = Path(repo_dir) / name
@@ -129,7 +131,7 @@ def export_triton(
     model_name: str | None = None,
     version: int = 1,
     max_batch_size: int = 8,
-    artifact: str = "onnx",
+    artifact: str = "auto",
 ) -> Path:
     """The ``triton`` row of the export-format table: ``imgclf export B --format triton --out R``.
 
@@ -148,6 +150,24 @@ def export_triton(
     )
 
 
+def choose_artifact(bundle: Bundle, artifact: str = "auto") -> str:
+    """The ONNX artifact to serve: ``artifact``, or for ``auto`` the first the bundle has.
+
+    Raises:
+        BundleError: ``auto`` and the bundle has no ONNX model (the message says how to make one).
+    """
+    if artifact != "auto":
+        return artifact
+    for key in TRITON_ARTIFACTS:
+        if key in bundle.manifest.artifacts:
+            return key
+    raise BundleError(
+        f"bundle {bundle.root} has no ONNX model to serve "
+        f"(has: {', '.join(bundle.manifest.artifacts) or 'nothing'}); "
+        f"create one with `imgclf export {bundle.root} --format onnx`"
+    )
+
+
 def _check_options(
     name: str, version: int, max_batch_size: int, artifact: str, max_queue_delay_us: int
 ) -> None:
@@ -159,8 +179,10 @@ def _check_options(
         raise ConfigError(f"version must be a positive integer, got {version!r}")
     if not 0 <= max_batch_size <= 1024:
         raise ConfigError(f"max_batch_size must be between 0 and 1024, got {max_batch_size}")
-    if artifact not in ("onnx", "onnx-int8"):
-        raise ConfigError(f"artifact must be 'onnx' or 'onnx-int8' for Triton, got {artifact!r}")
+    if artifact != "auto" and artifact not in TRITON_ARTIFACTS:
+        raise ConfigError(
+            f"artifact must be 'auto', 'onnx-int8' or 'onnx' for Triton, got {artifact!r}"
+        )
     if max_queue_delay_us < 0:
         raise ConfigError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
 
