@@ -8,8 +8,13 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # Training needs torch + torchvision; these versions install from the local wheel cache here.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+# TFLite export gets its own environment: litert-torch pins older pydantic/typing-extensions than
+# the serving stack, and it must work without the serving extras.
+TFLITE_VENV ?= .venv-tflite
+TFLITE_BIN := $(TFLITE_VENV)/bin
 
 .PHONY: help serve install-serve install-dev test test-fast test-containers lint format clean \
+	install-tflite test-tflite \
 	bench-accuracy bench-runtimes bench-serving bench-reliability bench-gateway bench-lambda
 
 help:
@@ -17,6 +22,7 @@ help:
 	@echo "make test             install everything (torch included) and run the whole test suite"
 	@echo "make test-fast        the same without the slow tests (containers, browser, real data)"
 	@echo "make test-containers  container tests only (needs podman: ../shared/tools/container-base.sh)"
+	@echo "make test-tflite      TFLite export round trip in its own environment ($(TFLITE_VENV))"
 	@echo "make lint             ruff check, ruff format --check, mypy"
 	@echo "make bench-*          benchmarks: accuracy runtimes serving reliability gateway lambda"
 
@@ -43,6 +49,19 @@ test-fast: install-dev
 test-containers: install-dev
 	$(BIN)/python -m pytest -m containers
 
+$(TFLITE_BIN)/python:
+	$(PYTHON) -m venv $(TFLITE_VENV)
+	$(TFLITE_BIN)/pip install --quiet --upgrade pip
+
+install-tflite: $(TFLITE_BIN)/python
+	$(TFLITE_BIN)/pip install --quiet $(TORCH_PINS)
+	$(TFLITE_BIN)/pip install --quiet -e '.[train,tflite]' 'pytest>=8' 'pytest-timeout>=2.3'
+
+# IMGCLF_REQUIRE_TFLITE=1: a missing extra fails the round trip instead of skipping it. anyio's
+# pytest plugin (the version litert-torch's pins allow) trips pytest's deprecation errors; unused.
+test-tflite: install-tflite
+	IMGCLF_REQUIRE_TFLITE=1 $(TFLITE_BIN)/python -m pytest -p no:anyio tests/export/test_tflite.py
+
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -53,7 +72,7 @@ format: install-dev
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TFLITE_VENV) build dist .pytest_cache .mypy_cache .ruff_cache
 
 bench-accuracy: install-dev
 	$(BIN)/python bench/bench_accuracy.py
