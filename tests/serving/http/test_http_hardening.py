@@ -214,11 +214,14 @@ _TF = "/v1/models/colors:predict"
 @pytest.mark.parametrize(
     ("path", "body", "reason"),
     [
-        ("/predict", _DEEP, "too deeply"),
-        ("/predict", '{"image": ' + _DEEP + "}", "too deeply"),
-        ("/predict/batch", '{"images": ' + _DEEP + "}", "too deeply"),
+        # nesting deeper than the decoder's recursion limit: refused by the value budget of
+        # the REST and TF Serving paths, by the decoder on the V2 path (which takes pixels)
+        ("/predict", _DEEP, "JSON values"),
+        ("/predict", '{"image": ' + _DEEP + "}", "JSON values"),
+        ("/predict/batch", '{"images": ' + _DEEP + "}", "JSON values"),
         (_V2, '{"inputs": ' + _DEEP + "}", "too deeply"),
-        (_TF, '{"instances": ' + _DEEP + "}", "too deeply"),
+        (_V2, '{"parameters": {"x": ' + _DEEP + "}}", "too deeply"),
+        (_TF, '{"instances": ' + _DEEP + "}", "JSON values"),
         ("/predict", '{"image": ' + _HUGE_INT + "}", "too many digits"),
         ("/predict/batch", '{"images": [' + _HUGE_INT + "]}", "too many digits"),
         (_V2, '{"inputs": [{"name": "p", "shape": [' + _HUGE_INT + "]}]}", "too many digits"),
@@ -242,7 +245,28 @@ def test_huge_batch_of_junk_is_refused_cheaply_with_a_short_answer(client: TestC
         "/predict/batch", content=body, headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 400
-    assert response.json()["detail"] == "1000000 images sent; at most 32 per request"
+    assert len(response.content) < 200
+    below_the_value_budget = '{"images": [' + ",".join(["1"] * 100) + "]}"
+    response = client.post(
+        "/predict/batch",
+        content=below_the_value_budget,
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.json()["detail"] == "100 images sent; at most 32 per request"
+
+
+@pytest.mark.parametrize(
+    ("path", "values"),
+    [("/predict", 1000), ("/predict/batch", 1000), (_TF, 1000), (_V2, 200_000)],
+)
+def test_bodies_with_more_json_values_than_needed_are_refused_before_decoding(
+    client: TestClient, path: str, values: int
+) -> None:
+    # 10 MB of tiny values costs the decoder up to 2 s of the event loop; refuse it unread
+    body = '{"images": [' + ",".join(["[]"] * values) + "]}"
+    response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "JSON values" in response.json()["detail"]
 
 
 def test_validation_errors_are_listed_briefly_without_the_input(client: TestClient) -> None:

@@ -23,7 +23,12 @@ from imgclf.inference.fetch import fetch_url_async
 from imgclf.preprocessing import PreprocessConfig, load_pixels
 from imgclf.serving.backend import InferenceBackend
 from imgclf.serving.http.dependencies import Services
-from imgclf.serving.http.jsonbody import JSONBodyError, describe_errors, parse_json
+from imgclf.serving.http.jsonbody import (
+    JSONBodyError,
+    describe_errors,
+    max_json_values,
+    parse_json,
+)
 from imgclf.serving.http.schemas import BatchRequest, ImageInput
 
 _JSON_TYPES = ("application/json",)
@@ -66,9 +71,9 @@ async def resolve_input(item: ImageInput, services: Services) -> bytes:
     return await fetch_url_async(item.url, services.fetch_policy)
 
 
-async def _json_body(request: Request) -> object:
+async def _json_body(request: Request, services: Services) -> object:
     try:
-        return parse_json(await request.body())
+        return parse_json(await request.body(), max_values=max_json_values(services))
     except JSONBodyError as exc:
         raise InputError(str(exc)) from exc
 
@@ -111,7 +116,7 @@ async def read_single_image(request: Request, services: Services) -> bytes:
             raise InputError("send exactly one 'file'; use /predict/batch for several images")
         return files[0]
     if kind in _JSON_TYPES:
-        item = _validated(ImageInput, await _json_body(request))
+        item = _validated(ImageInput, await _json_body(request, services))
         return await resolve_input(item, services)
     if kind.startswith(_RAW_TYPES):
         return await request.body()
@@ -130,7 +135,7 @@ async def read_batch_images(request: Request, services: Services) -> list[bytes]
     if kind == _MULTIPART:
         images = await _form_files(request, "files", max_files=limit)
     elif kind in _JSON_TYPES:
-        data = await _json_body(request)
+        data = await _json_body(request, services)
         sent = data.get("images") if isinstance(data, dict) else None
         if isinstance(sent, list) and len(sent) > limit:  # before validating each item
             raise InputError(f"{len(sent)} images sent; at most {limit} per request")

@@ -29,7 +29,18 @@ from imgclf.serving.http.inputs import classify_images, classify_pixels, decode_
 from imgclf.serving.http.jsonbody import JSONBodyRoute
 from imgclf.serving.http.schemas import ERROR_RESPONSES
 
-router = APIRouter(prefix="/v2", tags=["kserve-v2"], route_class=JSONBodyRoute)
+
+class V2Route(JSONBodyRoute):
+    """V2 bodies may carry pixels: one JSON value per channel value (nested or flat)."""
+
+    def max_values(self, services: Services) -> int:
+        """Values (and nested arrays) of the largest valid UINT8 batch for the served model."""
+        size = services.backend.preprocess_config.input_size if services.backend else 224
+        per_image = 3 * size * size + size * size + size + 1
+        return 1024 + per_image * services.settings.max_batch_images
+
+
+router = APIRouter(prefix="/v2", tags=["kserve-v2"], route_class=V2Route)
 
 PROBABILITIES = "probabilities"
 #: Largest tensor dimension: the protocol's shapes are int64 (a bound also keeps messages short).
