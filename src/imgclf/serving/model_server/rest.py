@@ -13,13 +13,15 @@ Routes (``/versions/{v}`` is optional wherever a model is named)::
 
 Tensors travel as JSON ``data`` or, with the binary tensor data extension that ``tritonclient``
 uses by default, as raw little-endian bytes after the JSON header (its length in the
-``Inference-Header-Content-Length`` header). Errors answer ``{"error": "..."}`` with 400 (bad
-request), 404 (unknown model or version), 413 (body too large) or 503 (not ready).
+``Inference-Header-Content-Length`` header). Bodies may be sent with ``Content-Encoding: gzip``
+or ``deflate``; they are decompressed incrementally and refused as soon as the output exceeds the
+body limit, so a small body that expands to gigabytes costs no memory. Errors answer
+``{"error": "..."}`` with 400 (bad request), 404 (unknown model or version), 413 (body too large,
+before or after decompression), 415 (unknown content encoding) or 503 (not ready).
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import zlib
 from typing import Any
@@ -154,21 +156,56 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise _too_large(limit)
         chunks.append(chunk)
     body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "").lower()
-    try:
-        if encoding == "gzip":
-            body = gzip.decompress(body)
-        elif encoding == "deflate":
-            body = zlib.decompress(body)
-    except (OSError, zlib.error) as exc:
-        raise InputError(f"request body is not valid {encoding} ({exc})") from exc
-    if len(body) > limit:
-        raise _too_large(limit)
-    return body
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in _WBITS:
+        error = InputError(f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
+        error.status_code = 415
+        raise error
+    return await run_in_threadpool(decompress_capped, body, encoding, limit)
 
 
-def _too_large(limit: int) -> InputError:
-    error = InputError(f"request body exceeds {limit} bytes; send smaller batches")
+#: zlib window bits per Content-Encoding: gzip framing, zlib framing ("deflate" in HTTP).
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_CHUNK = 1 << 20
+
+
+def decompress_capped(body: bytes, encoding: str, limit: int) -> bytes:
+    """Decompress a gzip/deflate body, stopping as soon as the output exceeds ``limit``.
+
+    Output is produced 1 MiB at a time (``max_length``), so a small body that expands to
+    gigabytes (a "zip bomb") costs at most ``limit`` bytes of memory before it is refused.
+    Concatenated gzip members are decompressed one after another, as ``gzip.decompress`` does.
+
+    Raises:
+        InputError: 413 when the decompressed body exceeds ``limit``; 400 when the body is not
+            valid or complete ``encoding`` data.
+    """
+    out = bytearray()
+    data = body
+    while True:
+        inflater = zlib.decompressobj(_WBITS[encoding])
+        try:
+            while not inflater.eof:
+                chunk = inflater.decompress(data, min(_CHUNK, limit + 1 - len(out)))
+                out += chunk
+                if len(out) > limit:
+                    raise _too_large(limit, "decompressed ")
+                data = inflater.unconsumed_tail
+                if not data and not chunk and not inflater.eof:
+                    raise InputError(f"request body is truncated {encoding} data")
+        except zlib.error as exc:
+            raise InputError(f"request body is not valid {encoding} data ({exc})") from exc
+        data = inflater.unused_data
+        if not data.strip(b"\0"):  # gzip allows zero padding after the last member
+            return bytes(out)
+        if encoding == "deflate":
+            raise InputError("request body has data after the end of the deflate stream")
+
+
+def _too_large(limit: int, what: str = "") -> InputError:
+    error = InputError(f"{what}request body exceeds {limit} bytes; send smaller batches")
     error.status_code = 413
     return error
 
