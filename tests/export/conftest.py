@@ -9,8 +9,10 @@ each test gets its own copy of the bundle directory.
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +150,23 @@ def torch_bundle(tmp_path: Path, _pristine_torch_bundle: Path) -> Path:
 def onnx_bundle(tmp_path: Path, _pristine_onnx_bundle: Path) -> Path:
     """A fresh copy of a bundle holding PyTorch weights and an exported fp32 ONNX model."""
     return Path(shutil.copytree(_pristine_onnx_bundle, tmp_path / "onnx-bundle"))
+
+
+@pytest.fixture
+def set_umask() -> Iterator[Callable[[int], None]]:
+    """``set_umask(0o022)`` sets the process umask for this test; the old one is restored after."""
+    original = os.umask(0o022)
+    os.umask(original)
+    yield os.umask
+    os.umask(original)
+
+
+def _modes(root: Path) -> dict[str, int]:
+    paths = [root, *root.rglob("*")]
+    return {str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode) for p in paths}
+
+
+@pytest.fixture
+def modes() -> Callable[[Path], dict[str, int]]:
+    """``modes(root)``: permission bits of root and every file and folder under it, by path."""
+    return _modes

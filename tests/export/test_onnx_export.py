@@ -177,3 +177,21 @@ def test_int8_exports_fp32_first_when_missing(torch_bundle: Path, colour_data: P
     export_bundle(torch_bundle, "onnx-int8", data=colour_data, calibration_images=6)
     artifacts = load_bundle(torch_bundle).manifest.artifacts
     assert {"pytorch", "onnx", "onnx-int8"} <= set(artifacts)
+
+
+def test_exported_files_get_the_umask_permissions(
+    onnx_bundle: Path,
+    colour_data: Path,
+    tmp_path: Path,
+    set_umask: Callable[[int], object],
+    modes: Callable[[Path], dict[str, int]],
+) -> None:
+    """Bundles and serving bundles copied into images are read by unprivileged users."""
+    out = tmp_path / "serving"
+    set_umask(0o022)
+    export_bundle(onnx_bundle, "onnx", out=out, parity_images=2)
+    export_bundle(onnx_bundle, "onnx-int8", data=colour_data, calibration_images=6)
+    written = modes(onnx_bundle)
+    for name in ("model.onnx", "model.int8.onnx", "manifest.json"):
+        assert written[name] == 0o644, f"{name}: {written[name]:o}"
+    assert modes(out) == {".": 0o755, "manifest.json": 0o644, "model.onnx": 0o644}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +243,30 @@ def test_auto_order_is_the_predictors() -> None:
     from imgclf.inference import AUTO_ARTIFACTS
 
     assert [k for k in AUTO_ARTIFACTS if k in TRITON_ARTIFACTS] == list(TRITON_ARTIFACTS)
+
+
+@pytest.mark.parametrize(
+    ("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775)]
+)
+def test_repository_files_get_the_umask_permissions(
+    tiny_bundle: Path,
+    tmp_path: Path,
+    set_umask: Callable[[int], object],
+    modes: Callable[[Path], dict[str, int]],
+    umask: int,
+    file_mode: int,
+    dir_mode: int,
+) -> None:
+    """A repository mounted into a container running as another user must be readable."""
+    repo = tmp_path / "repo"
+    set_umask(umask)
+    export_triton_repository(tiny_bundle, repo, model_name="m", version=1)
+    export_triton_repository(tiny_bundle, repo, model_name="m", version=2)  # rewrites shared files
+    found = modes(repo)
+    assert sorted(found) == [
+        ".", "m", "m/1", "m/1/model.onnx", "m/2", "m/2/model.onnx",
+        "m/config.pbtxt", "m/imgclf.json", "m/labels.txt",
+    ]  # fmt: skip
+    for name, mode in found.items():
+        expected = dir_mode if (repo / name).is_dir() else file_mode
+        assert mode == expected, f"{name}: {mode:o} instead of {expected:o}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,11 +31,47 @@ def model_metadata(bundle: Bundle) -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def replaced_atomically(target: Path) -> Iterator[Path]:
+    """Yield a new temporary path beside ``target``; on success it replaces ``target`` in one step.
+
+    A reader polling the directory (a model server) sees the old file or the new one, never a
+    half-written one, and a failed write leaves ``target`` untouched. The caller creates the file
+    with ordinary calls (``open``, ``shutil.copyfile``), so it gets the permissions of any new
+    file under the process umask (0644 with umask 022) instead of ``tempfile.mkstemp``'s 0600: a
+    model repository mounted into a container that runs as another user stays readable.
+
+    Raises:
+        ExportError: Nothing was written to the yielded path.
+    """
+    staging = target.with_name(f".{target.name}.{secrets.token_hex(6)}.partial")
+    try:
+        yield staging
+        if not staging.is_file():
+            raise ExportError(f"nothing was written to {staging}")
+        staging.replace(target)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def write_text_atomically(target: Path, text: str) -> None:
+    """Replace ``target`` with ``text`` (UTF-8) in one step (see :func:`replaced_atomically`)."""
+    with replaced_atomically(target) as staging:
+        staging.write_text(text, encoding="utf-8")
+
+
+def copy_atomically(source: Path, target: Path) -> None:
+    """Replace ``target`` with a copy of ``source`` in one step (:func:`replaced_atomically`)."""
+    with replaced_atomically(target) as staging:
+        shutil.copyfile(source, staging)
+
+
+@contextlib.contextmanager
 def staged_file(bundle: Bundle, name: str) -> Iterator[Path]:
     """Yield a temporary path in the bundle; on success it becomes ``name``, on error it goes.
 
     A failed or refused export therefore never leaves a half-written or unchecked model where a
-    predictor could load it.
+    predictor could load it. The exporter creates the file itself, so it gets the umask's
+    permissions like any new file.
     """
     final = bundle.root / name
     staging = bundle.root / f".{name}.partial"

@@ -22,10 +22,7 @@ rewrites the shared files, which a running model server picks up without a resta
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,7 @@ from typing import Any
 from imgclf import __version__
 from imgclf.bundle import Bundle, load_bundle
 from imgclf.errors import BundleError, ConfigError, ExportError
+from imgclf.export.artifacts import copy_atomically, write_text_atomically
 
 CONFIG_NAME = "config.pbtxt"
 LABELS_NAME = "labels.txt"
@@ -106,9 +104,12 @@ def export_triton_repository(
     model_dir = Path(repo_dir) / name
     version_dir = model_dir / str(version)
     version_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_copy(source, version_dir / MODEL_FILENAME)
-    _atomic_write(model_dir / LABELS_NAME, "".join(f"{label}\n" for label in loaded.labels))
-    _atomic_write(model_dir / METADATA_NAME, json.dumps(_metadata(loaded, artifact), indent=2))
+    # A polling model server must never see a half-written file: each one is replaced in one step.
+    copy_atomically(source, version_dir / MODEL_FILENAME)
+    write_text_atomically(model_dir / LABELS_NAME, "".join(f"{label}\n" for label in loaded.labels))
+    write_text_atomically(
+        model_dir / METADATA_NAME, json.dumps(_metadata(loaded, artifact), indent=2)
+    )
     config = render_config(
         name,
         inputs=inputs,
@@ -120,7 +121,7 @@ def export_triton_repository(
             PREPROCESSING_PARAMETER: json.dumps(loaded.preprocess_config.to_dict()),
         },
     )
-    _atomic_write(model_dir / CONFIG_NAME, config)
+    write_text_atomically(model_dir / CONFIG_NAME, config)
     return model_dir
 
 
@@ -293,18 +294,3 @@ def _metadata(bundle: Bundle, artifact: str) -> dict[str, Any]:
         "sha256": info.sha256,
         "imgclf_version": __version__,
     }
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    Path(tmp).replace(path)
-
-
-def _atomic_copy(source: Path, target: Path) -> None:
-    # A polling model server must never see a half-written model: copy then rename.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    shutil.copyfile(source, tmp)
-    Path(tmp).replace(target)
