@@ -109,3 +109,11 @@ def test_commands_name_their_extra(
     assert "Traceback" not in result.stderr
     (line,) = result.stderr.splitlines()
     assert f"pip install 'imgclf[{extra}]'" in line
+
+
+def test_bundled_model_exports_to_a_triton_repository(base_venv: Path, tmp_path: Path) -> None:
+    result = imgclf(base_venv, "export", "--format", "triton", "--out", "repo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    model_dir = tmp_path / "repo" / "clothing-lite0"
+    assert (model_dir / "config.pbtxt").is_file()
+    assert (model_dir / "1" / "model.onnx").stat().st_size > 1_000_000
