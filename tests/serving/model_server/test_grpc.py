@@ -178,3 +178,29 @@ def test_runtime_failure_is_internal_with_the_reason(
         assert info.value.status() == "StatusCode.INTERNAL"
         stats = client.get_inference_statistics("colors").model_stats[0]
         assert stats.inference_stats.fail.count == 1
+
+
+@pytest.mark.parametrize(
+    ("shape", "raw", "message"),
+    [
+        ([4294967296, 4294967296], b"", "do not fill shape [4294967296, 4294967296]"),
+        ([2**62, 4], b"", "do not fill"),
+        ([-1, 32, 32, 3], b"", "negative dimension"),
+        ([0, 2**62, 2**62], b"", "cannot be used (array is too big"),
+        ([1] * 70, b"\0" * 4, "cannot be used"),
+        ([2**63 - 1, 0], b"", "cannot be used"),
+        ([1], b"\0\0\0", "not a whole number of FP32 values"),
+    ],
+)
+def test_bad_shapes_are_invalid_argument_with_a_reason(
+    model_server: ModelServer, shape: list[int], raw: bytes, message: str
+) -> None:
+    request = service_pb2.ModelInferRequest(model_name="colors")
+    request.inputs.add(name="input", datatype="FP32", shape=shape)
+    request.raw_input_contents.append(raw)
+    with grpc.insecure_channel(f"127.0.0.1:{model_server.grpc_port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert message in (info.value.details() or "")

@@ -140,6 +140,63 @@ def test_bad_requests_get_a_reason(
     assert message in response.json()["error"]
 
 
+PIXELS = {"name": "pixels", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0] * 3072}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"inputs": [1]}, "inputs.0: Input should be a valid dictionary"),
+        ({"inputs": [PIXELS], "outputs": [1]}, "outputs.0: Input should be a valid dictionary"),
+        ({"inputs": [PIXELS], "outputs": "logits"}, "outputs: Input should be a valid list"),
+        ({"inputs": [PIXELS], "parameters": 5}, "parameters: Input should be a valid dictionary"),
+        ({"inputs": [{**PIXELS, "name": 7}]}, "inputs.0.name: Input should be a valid string"),
+        ({"inputs": [{**PIXELS, "shape": [-1, 32, 32, 3]}]}, "greater than or equal to 0"),
+        ({"inputs": [{**PIXELS, "shape": [2**64]}]}, "less than or equal to 9223372036854775807"),
+        ({"inputs": [{**PIXELS, "shape": [1] * 33}]}, "at most 32 items"),
+        (
+            {"inputs": [{**PIXELS, "shape": [4294967296, 4294967296], "data": []}]},
+            "0 values do not fill shape [4294967296, 4294967296] (18446744073709551616 values)",
+        ),
+        ({"inputs": [{**PIXELS, "shape": [0, 2**62, 2**62], "data": []}]}, "cannot be used"),
+        (
+            {"inputs": [{**PIXELS, "parameters": {"binary_data_size": -1}}]},
+            "binary_data_size must be an integer",
+        ),
+        (
+            {"inputs": [{**PIXELS, "parameters": {"binary_data_size": 10**30}}]},
+            "binary_data_size must be an integer",
+        ),
+        ({"inputs": [PIXELS], "outputs": [{"name": "logits", "parameters": 3}]}, "outputs.0"),
+    ],
+)
+def test_malformed_inference_requests_are_400_with_a_reason(
+    http: httpx.Client, body: object, message: str
+) -> None:
+    response = http.post("/v2/models/colors/infer", json=body)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "message"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, {}, "not valid JSON"),
+        (b'{"inputs": [], "id": ' + b"9" * 5000 + b"}", {}, "not valid JSON"),
+        (b'{"inputs": []}', {"Inference-Header-Content-Length": "99"}, "at most the body's 14"),
+        (b'{"inputs": []}', {"Inference-Header-Content-Length": b"\xb2"}, "header's length"),
+        (b'{"inputs": []}', {"Inference-Header-Content-Length": "9" * 5000}, "header's length"),
+    ],
+)
+def test_hostile_bodies_are_400_with_a_reason(
+    http: httpx.Client, content: bytes, headers: dict[str, str | bytes], message: str
+) -> None:
+    response = http.post("/v2/models/colors/infer", content=content, headers=headers)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+    assert len(response.content) < 2000
+
+
 def test_not_json_and_oversized_bodies(http: httpx.Client, repository: Path) -> None:
     response = http.post("/v2/models/colors/infer", content=b"\xff\x00 not json")
     assert response.status_code == 400

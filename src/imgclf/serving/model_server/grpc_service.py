@@ -13,6 +13,7 @@ exceeds; the server sets both limits explicitly (:data:`DEFAULT_MAX_MESSAGE_BYTE
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from concurrent import futures
 from typing import Any, NoReturn
@@ -212,17 +213,34 @@ def decode_inputs(request: Any) -> dict[str, np.ndarray]:
                 f"input {tensor.name!r}: datatype {tensor.datatype!r} is not accepted; "
                 "send FP32 or UINT8"
             )
-        shape = tuple(int(d) for d in tensor.shape)
+        shape = [int(d) for d in tensor.shape]
         if any(d < 0 for d in shape):
-            raise InputError(f"input {tensor.name!r}: negative dimension in shape {list(shape)}")
-        flat = np.frombuffer(raw[index], dtype=dtype) if raw else _typed_contents(tensor, dtype)
-        if flat.size != int(np.prod(shape)):
+            raise InputError(f"input {tensor.name!r}: negative dimension in shape {shape}")
+        if raw and len(raw[index]) % dtype.itemsize:
             raise InputError(
-                f"input {tensor.name!r}: {flat.size} {tensor.datatype} values do not fill "
-                f"shape {list(shape)} ({int(np.prod(shape))} values)"
+                f"input {tensor.name!r}: {len(raw[index])} raw bytes are not a whole number of "
+                f"{tensor.datatype} values ({dtype.itemsize} bytes each)"
             )
-        arrays[tensor.name] = flat.reshape(shape)
+        flat = np.frombuffer(raw[index], dtype=dtype) if raw else _typed_contents(tensor, dtype)
+        arrays[tensor.name] = reshape(flat, shape, tensor.name)
     return arrays
+
+
+def reshape(flat: np.ndarray, shape: list[int], name: str) -> np.ndarray:
+    """``flat`` in the declared V2 ``shape``, checked with exact integers (no int64 overflow).
+
+    Raises:
+        InputError: The values do not fill the shape, or numpy cannot represent it.
+    """
+    expected = math.prod(shape)  # Python ints: [2**32, 2**32] is 2**64, not 0
+    if flat.size != expected:
+        raise InputError(
+            f"input {name!r}: {flat.size} values do not fill shape {shape} ({expected} values)"
+        )
+    try:
+        return flat.reshape(shape)
+    except (ValueError, OverflowError) as exc:  # e.g. more dimensions than numpy supports
+        raise InputError(f"input {name!r}: shape {shape} cannot be used ({exc})") from exc
 
 
 def _typed_contents(tensor: Any, dtype: np.dtype[Any]) -> np.ndarray:

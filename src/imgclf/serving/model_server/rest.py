@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import json
 import zlib
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format  # type: ignore[import-untyped]
+from pydantic import BaseModel, Field, StrictInt, StrictStr, ValidationError
 from starlette.concurrency import run_in_threadpool
 from tritonclient.grpc import service_pb2
 
@@ -39,6 +40,7 @@ from imgclf.serving.model_server.grpc_service import (
     DEFAULT_MAX_MESSAGE_BYTES,
     EXTENSIONS,
     SERVER_NAME,
+    reshape,
     statistics_message,
     tensor_bytes,
 )
@@ -210,62 +212,121 @@ def _too_large(limit: int, what: str = "") -> InputError:
     return error
 
 
+#: V2 shapes are int64 dimensions.
+_Dim = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+
+
+class _InputTensor(BaseModel):
+    """One entry of ``inputs``: data as JSON ``data`` or as ``binary_data_size`` raw bytes."""
+
+    name: StrictStr
+    datatype: StrictStr
+    shape: list[_Dim] = Field(max_length=32)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    data: Any = None
+
+
+class _OutputTensor(BaseModel):
+    """One entry of ``outputs``."""
+
+    name: StrictStr
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class _InferRequest(BaseModel):
+    """The JSON header of a V2 inference request (fields other than these are ignored)."""
+
+    id: StrictStr | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[_InputTensor]
+    outputs: list[_OutputTensor] = Field(default_factory=list)
+
+
 def _parse_infer(
     request: Request, body: bytes
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], list[RequestedOutput], set[str]]:
-    length_text = request.headers.get(HEADER_LENGTH)
-    length = int(length_text) if length_text and length_text.isdigit() else len(body)
+    length = _header_length(request.headers.get(HEADER_LENGTH), len(body))
     try:
         header = json.loads(body[:length])
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"inference request is not valid JSON ({exc})") from exc
-    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
-        raise InputError('inference request must be a JSON object with an "inputs" list')
-    inputs = _decode_json_inputs(header["inputs"], memoryview(body)[length:])
-    binary_default = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    except (ValueError, RecursionError) as exc:  # also too deep, or an int over 4300 digits
+        raise InputError(f"inference request is not valid JSON ({str(exc)[:200]})") from exc
+    try:
+        parsed = _InferRequest.model_validate(header)
+    except ValidationError as exc:
+        raise InputError(f"invalid inference request: {_problems(exc)}") from exc
+    inputs = _decode_json_inputs(parsed.inputs, memoryview(body)[length:])
+    binary_default = bool(parsed.parameters.get("binary_data_output", False))
     requested: list[RequestedOutput] = []
     binary: set[str] = set()
-    for item in header.get("outputs") or []:
-        params = item.get("parameters") or {}
-        count = params.get("classification", 0)
+    for item in parsed.outputs:
+        count = item.parameters.get("classification", 0)
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise InputError(f"classification must be a non-negative integer, got {count!r}")
-        requested.append(RequestedOutput(str(item.get("name")), count))
-        if params.get("binary_data", binary_default):
-            binary.add(str(item.get("name")))
+        requested.append(RequestedOutput(item.name, count))
+        if item.parameters.get("binary_data", binary_default):
+            binary.add(item.name)
     if not requested and binary_default:
         binary.add("*")
-    return header, inputs, requested, binary
+    return {"id": parsed.id} if parsed.id is not None else {}, inputs, requested, binary
 
 
-def _decode_json_inputs(items: list[Any], payload: memoryview) -> dict[str, np.ndarray]:
+def _header_length(text: str | None, body_length: int) -> int:
+    if text is None:
+        return body_length
+    if not (text.isascii() and text.isdigit() and len(text) < 20 and int(text) <= body_length):
+        raise InputError(
+            f"{HEADER_LENGTH} must be the JSON header's length in bytes (at most the body's "
+            f"{body_length}), got {text[:40]!r}"
+        )
+    return int(text)
+
+
+def _problems(exc: ValidationError, limit: int = 3) -> str:
+    """The first few validation errors as ``location: message``, never the offending values."""
+    errors = exc.errors(include_url=False, include_input=False)
+    text = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'request'}: {error['msg']}"
+        for error in errors[:limit]
+    )
+    return text + (f" (and {len(errors) - limit} more)" if len(errors) > limit else "")
+
+
+def _decode_json_inputs(items: list[_InputTensor], payload: memoryview) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for item in items:
-        name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
-        dtype = V2_DTYPES.get(str(datatype))
+        name, datatype, shape = item.name, item.datatype, item.shape
+        dtype = V2_DTYPES.get(datatype)
         if dtype is None:
             raise InputError(
                 f"input {name!r}: datatype {datatype!r} is not accepted; use FP32/UINT8"
             )
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise InputError(f"input {name!r}: shape must be a list of non-negative integers")
-        size = (item.get("parameters") or {}).get("binary_data_size")
+        size = item.parameters.get("binary_data_size")
+        if size is not None and (
+            isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= len(payload)
+        ):
+            raise InputError(
+                f"input {name!r}: binary_data_size must be an integer between 0 and the "
+                f"{len(payload)} bytes after the JSON header, got {str(size)[:40]}"
+            )
         try:
             if size is not None:
-                flat = np.frombuffer(payload[offset : offset + int(size)], dtype=dtype)
-                offset += int(size)
-            elif "data" in item:
-                flat = np.asarray(item["data"], dtype=dtype).reshape(-1)
+                if offset + size > len(payload):
+                    raise InputError(f"input {name!r}: binary data ends past the request body")
+                flat = np.frombuffer(payload[offset : offset + size], dtype=dtype)
+                offset += size
+            elif "data" in item.model_fields_set:
+                flat = np.asarray(item.data, dtype=dtype).reshape(-1)
             else:
                 raise InputError(f'input {name!r} has neither "data" nor binary_data_size')
-        except (ValueError, TypeError, OverflowError) as exc:
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
             if isinstance(exc, InputError):
                 raise
-            raise InputError(f"input {name!r}: data cannot be read as {datatype} ({exc})") from exc
-        if flat.size != int(np.prod(shape)):
-            raise InputError(f"input {name!r}: {flat.size} values do not fill shape {shape}")
-        arrays[str(name)] = flat.reshape(shape)
+            reason = str(exc)[:200]
+            raise InputError(
+                f"input {name!r}: data cannot be read as {datatype} ({reason})"
+            ) from exc
+        arrays[name] = reshape(flat, shape, name)
     return arrays
 
 
