@@ -82,7 +82,7 @@ def test_predict_runs_without_extras(tmp_path: Path) -> None:
         (["train", "{data}", "--out", "run"], "train"),
         (["evaluate", "{bundle}", "--data", "{data}", "--out", "report"], "train"),
         (["export", "--format", "onnx"], "train"),
-        (["export", "--format", "tflite"], "tflite"),
+        (["export", "--format", "tflite"], "train,tflite"),
     ],
 )
 def test_command_needing_an_extra_names_it(

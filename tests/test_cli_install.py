@@ -98,7 +98,7 @@ def test_help_and_predict_work(base_venv: Path, tmp_path: Path) -> None:
         (["serve"], "serve"),
         (["train", "data"], "train"),
         (["model-server", "--repository", "repo"], "grpc,serve"),
-        (["export", "--format", "tflite"], "tflite"),
+        (["export", "--format", "tflite"], "train,tflite"),
     ],
 )
 def test_commands_name_their_extra(

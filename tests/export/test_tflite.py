@@ -32,7 +32,7 @@ def test_missing_extra_is_a_clear_error(tiny_bundle: Path, monkeypatch: pytest.M
         return None if name == "litert_torch" else real_find_spec(name, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)  # as if it were not installed
-    with pytest.raises(ConfigError, match=r"imgclf\[tflite\]'\); missing: litert_torch"):
+    with pytest.raises(ConfigError, match=r"imgclf\[train,tflite\]'\); missing: litert_torch"):
         export_bundle(tiny_bundle, "tflite")
 
 

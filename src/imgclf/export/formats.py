@@ -55,7 +55,7 @@ class ExportFormat:
         options: Names of the :data:`OPTIONS` this format accepts.
         exporter: ``"module:function"`` doing the export, imported on use.
         description: One line for ``--help`` and error messages.
-        extra: The ``pip install 'imgclf[extra]'`` the exporter needs.
+        extra: The extras the exporter needs, comma-separated (``pip install 'imgclf[extra]'``).
         requires: Top-level modules that extra provides, checked before exporting.
     """
 
@@ -74,20 +74,16 @@ class ExportFormat:
         Raises:
             ConfigError: The libraries it needs are not installed.
         """
+        extras = f"{self.extra!r} extra{'s' if ',' in self.extra else ''}"
+        needs = f"exporting {self.name} needs the {extras} (pip install 'imgclf[{self.extra}]')"
         missing = [name for name in self.requires if importlib.util.find_spec(name) is None]
         if missing:
-            raise ConfigError(
-                f"exporting {self.name} needs the {self.extra!r} extra "
-                f"(pip install 'imgclf[{self.extra}]'); missing: {', '.join(missing)}"
-            )
+            raise ConfigError(f"{needs}; missing: {', '.join(missing)}")
         module_name, function_name = self.exporter.split(":")
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise ConfigError(
-                f"exporting {self.name} needs the {self.extra!r} extra "
-                f"(pip install 'imgclf[{self.extra}]'): {exc}"
-            ) from exc
+            raise ConfigError(f"{needs}: {exc}") from exc
         function: Callable[..., Path] = getattr(module, function_name)
         return function
 
@@ -180,7 +176,7 @@ FORMATS: dict[str, ExportFormat] = {
             ("data", "parity_images", "force", "out"),
             "imgclf.export.tflite:export_tflite",
             "TFLite via litert-torch, checked against PyTorch with the LiteRT interpreter",
-            extra="tflite",
+            extra="train,tflite",  # litert-torch converts the PyTorch model timm builds
             requires=("torch", "timm", "litert_torch", "ai_edge_litert"),
         ),
         ExportFormat(
