@@ -4,6 +4,11 @@ Against a real uvicorn subprocess on 127.0.0.1, with real clothing test JPEGs:
 
 1. **bad inputs**: each hostile or broken request must answer 4xx within 1 s (the 100000x100000
    PNG bomb within 0.1 s);
+1b. **hostile inputs, all at once** (``hostile.py``): a matrix of hostile requests (bombs,
+   oversize and junk bodies, deep JSON, huge numbers and shapes, bad content types, redirects to
+   other schemes, ...) sent by 4 workers, in rounds, while stalled uploads, slowloris headers
+   and an ordinary client run: 0 answers 5xx, ``/health`` p99 under 50 ms meanwhile, server peak
+   RSS under 400 MB;
 2. **2x overload**: requests arrive at twice the measured peak on a bounded queue; excess must be
    refused (503) in under 50 ms while accepted requests keep their latency and ``/health`` answers;
 3. **SIGTERM under load**: no request already sent may fail; the process exits within its grace;
@@ -13,7 +18,7 @@ Against a real uvicorn subprocess on 127.0.0.1, with real clothing test JPEGs:
 Usage::
 
     .venv/bin/python bench/bench_reliability.py [--bundle DIR] [--sustained-seconds 150]
-        [--update-docs]
+        [--hostile-only] [--update-docs]
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import asyncio
 import base64
 import io
+import os
 import statistics
 import struct
 import tempfile
@@ -34,6 +40,7 @@ import httpx
 from PIL import Image
 
 from common import command_line, markdown_table, update_docs
+from hostile import HostileResult, case_rows, run_hostile_phase, summary
 from serving_harness import (
     LoadResult,
     ServerProcess,
@@ -133,7 +140,8 @@ async def _probe_health(base: str, stop: asyncio.Event, out: list[tuple[int, flo
 async def load_with_probe(
     base: str, images: list[bytes], rate: float, seconds: float
 ) -> tuple[LoadResult, list[tuple[int, float]]]:
-    stop, probes = asyncio.Event(), []
+    stop = asyncio.Event()
+    probes: list[tuple[int, float]] = []
     probe = asyncio.create_task(_probe_health(base, stop, probes))
     result = await open_loop(f"{base}/predict", images, rate=rate, seconds=seconds)
     stop.set()
@@ -208,8 +216,25 @@ def _fmt(values: list[float], q: float) -> str:
     return f"{percentile(values, q):.0f}" if values else "-"
 
 
+HOSTILE_HEADER = ["hostile input", "path", "sent", "status", "max ms", "answer bytes", "ok"]
+
+
+def hostile_text(hostile: HostileResult, args: argparse.Namespace) -> str:
+    return "\n\n".join(
+        [
+            "**Hostile inputs, all at once** (4 concurrent workers send every case at least 5 "
+            "times, in rounds until the stalled uploads are answered; ok means every answer 4xx; "
+            "answer bytes is the largest answer):",
+            markdown_table(HOSTILE_HEADER, case_rows(hostile)),
+            summary(hostile, args.body_timeout_s),
+        ]
+    )
+
+
 def report(
     bad_rows: list[list[str]],
+    bad_ok: bool,
+    hostile: HostileResult,
     peak: float,
     over: dict[str, Any],
     term: dict[str, Any],
@@ -239,6 +264,7 @@ def report(
             "**Bad inputs** (each sent 5 times to `/predict`; time is the client's round trip; ok "
             "means every answer 4xx, median under the limit and max under 1 s):",
             bad,
+            hostile_text(hostile, args),
             f"**2x overload**: peak measured first at {peak:.1f} req/s (closed loop, 32 clients); "
             f"then open-loop arrivals at half and at twice that rate, queue of {args.queue_size} "
             "images, max batch 16:",
@@ -250,7 +276,39 @@ def report(
             f"server RSS {sus['rss_start']:.0f} MB after warm-up, {sus['rss_end']:.0f} MB at the "
             f"end (peak {sus['rss_peak']:.0f} MB): {sus['growth_per_1000']:+.2f} MB per 1000 "
             "requests.",
+            goals_text(bad_ok, hostile, over, term, sus),
         ]
+    )
+
+
+def goals_text(
+    bad_ok: bool,
+    hostile: HostileResult,
+    over: dict[str, Any],
+    term: dict[str, Any],
+    sus: dict[str, Any],
+) -> str:
+    """Each phase against its goal, from the numbers above."""
+    refused = over["overload"].refused_ms
+    refused_p99 = percentile(refused, 99) if refused else float("nan")
+    saw = term["server_saw"]
+    res = sus["result"]
+    checks = [
+        ("every bad input answered 4xx in time", bad_ok),
+        (
+            f"hostile inputs: 0 answers 5xx (got {hostile.server_errors}), /health p99 "
+            f"{hostile.health_p99_ms:.1f} ms < 50 ms, peak RSS {hostile.peak_rss_mb:.0f} MB "
+            "< 400 MB",
+            hostile.passed,
+        ),
+        (f"2x overload: refused in p99 {refused_p99:.0f} ms < 50 ms", refused_p99 < 50),
+        ("SIGTERM: every request the server received answered 200", set(saw) <= {200}),
+        ("sustained run: 0 errors", _failures(res) + res.statuses.get(503, 0) == 0),
+    ]
+    return (
+        "Against the goals: "
+        + "; ".join(f"{text}: {'met' if ok else '**NOT met**'}" for text, ok in checks)
+        + "."
     )
 
 
@@ -287,17 +345,33 @@ def main() -> None:
     parser.add_argument("--sustained-seconds", type=float, default=150)
     parser.add_argument("--queue-size", type=int, default=32)
     parser.add_argument("--grace", type=float, default=20)
+    parser.add_argument("--body-timeout-s", type=float, default=15)
+    parser.add_argument(
+        "--hostile-only", action="store_true", help="only the bad- and hostile-input phases"
+    )
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args()
+    if args.hostile_only and args.update_docs:
+        parser.error("--update-docs needs every phase; drop --hostile-only")
 
     bundle = resolve_bundle(args.bundle)
     images = load_test_jpegs()
     options = ["--queue-size", str(args.queue_size), "--graceful-shutdown-s", str(args.grace)]
+    options += ["--body-timeout-s", str(args.body_timeout_s)]
+    os.environ["IMGCLF_URL_ALLOW_LOOPBACK"] = "true"  # the redirecting page is on 127.0.0.1
     with tempfile.TemporaryDirectory() as tmp:
         server = ServerProcess(bundle, Path(tmp) / "main.log", *options)
         try:
             bad_rows, bad_ok = check_bad_inputs(server.base, images[0])
             print(markdown_table(["bad input", "status", "median", "max", "limit", "ok"], bad_rows))
+            model = httpx.get(f"{server.base}/model", timeout=10).json()["name"]
+            hostile = run_hostile_phase(
+                server, images, model=model, body_timeout_s=args.body_timeout_s
+            )
+            print(hostile_text(hostile, args))
+            print("hostile goals met:", hostile.passed)
+            if args.hostile_only:
+                return
             url = f"{server.base}/predict"
             peak = asyncio.run(
                 closed_loop(url, images, concurrency=32, requests=400, max_seconds=40)
@@ -309,7 +383,7 @@ def main() -> None:
             server.terminate()
         term_server = ServerProcess(bundle, Path(tmp) / "term.log", *options, log_level="info")
         term = asyncio.run(_sigterm_run(term_server, images, 3.0))
-    text = report(bad_rows, peak, over, term, sus, args)
+    text = report(bad_rows, bad_ok, hostile, peak, over, term, sus, args)
     print(text)
     print("bad inputs all ok:", bad_ok)
     if args.update_docs:
