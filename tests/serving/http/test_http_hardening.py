@@ -257,7 +257,7 @@ def test_huge_batch_of_junk_is_refused_cheaply_with_a_short_answer(client: TestC
 
 @pytest.mark.parametrize(
     ("path", "values"),
-    [("/predict", 1000), ("/predict/batch", 1000), (_TF, 1000), (_V2, 200_000)],
+    [("/predict", 1000), ("/predict/batch", 1000), (_TF, 1000), (_V2, 1_000_001)],
 )
 def test_bodies_with_more_json_values_than_needed_are_refused_before_decoding(
     client: TestClient, path: str, values: int
@@ -267,6 +267,16 @@ def test_bodies_with_more_json_values_than_needed_are_refused_before_decoding(
     response = client.post(path, content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 400, response.text
     assert "JSON values" in response.json()["detail"]
+
+
+def test_v2_json_value_budget_is_a_setting(make_client: ClientFactory) -> None:
+    client = make_client(max_json_values=5000)
+    tensor = {"name": "p", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [0] * 3072}
+    assert client.post(_V2, json={"inputs": [tensor]}).status_code == 200
+    tensor = {**tensor, "shape": [2, 32, 32, 3], "data": [0] * 6144}
+    refused = client.post(_V2, json={"inputs": [tensor]})
+    assert refused.status_code == 400
+    assert "more than 5,000 JSON values" in refused.json()["detail"]
 
 
 def test_validation_errors_are_listed_briefly_without_the_input(client: TestClient) -> None:

@@ -78,6 +78,14 @@ class ServeSettings(BaseSettings):
     max_batch_images: int = Field(
         32, ge=1, le=MAX_BATCH_IMAGES, description="Images per batch request"
     )
+    max_json_values: int = Field(
+        1_000_000,
+        ge=1000,
+        le=100_000_000,
+        description="JSON values (numbers, strings, arrays, objects) per V2 request body, where "
+        "UINT8 pixels take one per channel value (150528 per 224x224 image); decoding costs "
+        "the event loop about 0.1 us per value, so this bounds how long one body can stall it",
+    )
     default_top_k: int = Field(5, ge=1, le=1000)
 
     # URL inputs.

@@ -31,13 +31,11 @@ from imgclf.serving.http.schemas import ERROR_RESPONSES
 
 
 class V2Route(JSONBodyRoute):
-    """V2 bodies may carry pixels: one JSON value per channel value (nested or flat)."""
+    """V2 bodies may carry pixels, one JSON value per channel value: a budget of their own."""
 
     def max_values(self, services: Services) -> int:
-        """Values (and nested arrays) of the largest valid UINT8 batch for the served model."""
-        size = services.backend.preprocess_config.input_size if services.backend else 224
-        per_image = 3 * size * size + size * size + size + 1
-        return 1024 + per_image * services.settings.max_batch_images
+        """``max_json_values``: the decoding time one body may cost the event loop."""
+        return services.settings.max_json_values
 
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"], route_class=V2Route)
@@ -121,6 +119,11 @@ def _pixels_from_tensor(tensor: V2Tensor, size: int, limit: int) -> np.ndarray:
         raise InputError(
             f"input {tensor.name!r}: UINT8 pixels need shape [N, {size}, {size}, 3] with "
             f"1 <= N <= {limit}, got {shape}"
+        )
+    flat = not any(isinstance(value, list) for value in tensor.data[:1])
+    if flat and len(tensor.data) != _count(shape):  # before converting millions of values
+        raise InputError(
+            f"input {tensor.name!r}: {len(tensor.data)} values do not fill shape {tensor.shape}"
         )
     try:
         values = np.asarray(tensor.data)
