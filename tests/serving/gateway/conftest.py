@@ -14,7 +14,7 @@ pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import service_pb2_grpc
 
 from imgclf.export.triton import export_triton_repository
-from imgclf.serving.model_server.grpc_service import InferenceServicer, grpc_options
+from imgclf.serving.model_server.grpc_service import InferenceServicer, server_options
 from imgclf.serving.model_server.repository import ModelRepository
 
 ServicerFactory = Callable[[ModelRepository], InferenceServicer]
@@ -45,7 +45,7 @@ class GrpcServers:
     def start(
         self, servicer: ServicerFactory = InferenceServicer, port: int = 0
     ) -> tuple[grpc.Server, int]:
-        server = grpc.server(futures.ThreadPoolExecutor(8), options=grpc_options(64 << 20))
+        server = grpc.server(futures.ThreadPoolExecutor(8), options=server_options(64 << 20))
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer(self.models), server)
         bound = server.add_insecure_port(f"127.0.0.1:{port}")
         assert bound, f"port {port} is busy"

@@ -130,9 +130,9 @@ def test_config_without_imgclf_parameters_is_refused(
 @pytest.mark.parametrize(
     ("url", "target"),
     [
-        ("grpc://127.0.0.1:8001", "127.0.0.1:8001"),
-        ("model:9000", "model:9000"),
-        ("grpc://[::1]:1", "[::1]:1"),
+        ("grpc://127.0.0.1:8001", "dns:///127.0.0.1:8001"),
+        ("model:9000", "dns:///model:9000"),
+        ("grpc://[::1]:1", "dns:///[::1]:1"),
     ],
 )
 def test_url_parsing(url: str, target: str) -> None:

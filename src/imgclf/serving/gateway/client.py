@@ -21,6 +21,14 @@ returns: unreachable or not ready -> 503 (after ``retries`` retries with backoff
 deadline), too slow -> 504 (deadline ``timeout_s`` per call), anything else the server answers
 that the gateway cannot use (errors, malformed responses) -> 502. Only UNAVAILABLE is retried:
 inference is idempotent, but a timeout or a rejection would only repeat.
+
+Finding the model server is left to gRPC itself (:func:`channel_options`): ``grpc://host:port``
+becomes the target ``dns:///host:port``, and the ``round_robin`` policy keeps a connection to
+every address the name resolves to (every container of a Compose service, every pod behind a
+headless Kubernetes Service) and spreads requests over them. When a connection drops, the name
+is resolved again, at most once a second instead of gRPC's default 30 s, so a model server that
+restarts on a new IP address is found in about a second; reconnection backoff is capped at 0.5 s
+and keepalive pings find a peer that vanished without closing its connections.
 """
 
 from __future__ import annotations
@@ -47,12 +55,31 @@ PIXELS_INPUT = "pixels"
 PROBABILITIES_OUTPUT = "probabilities"
 #: 64 MiB, matching the model server: gRPC's 4 MiB default is exceeded by 8 FP32 224px images.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-#: Reconnect quickly once a restarted model server is back (gRPC's default backoff reaches 120 s).
-_CHANNEL_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
+#: Keepalive ping interval; the model server accepts pings this often (``server_options``).
+KEEPALIVE_TIME_MS = 10_000
+
+
+def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
+    """Channel arguments of the gateway: message limits, balancing, re-resolution, keepalive."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # A connection to every address of the name, requests spread over them (default:
+        # pick_first, which pins the gateway to one model server).
+        ("grpc.lb_policy_name", "round_robin"),
+        # Re-resolve the name at most once a second when a connection drops (default 30 s: a
+        # server restarted on a new IP stayed unreachable for up to half a minute).
+        ("grpc.dns_min_time_between_resolutions_ms", 1000),
+        # Reconnect within 0.5 s once a restarted model server is back (default: up to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 500),
+        # Find a peer that vanished without closing the connection (node lost, network cut).
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", 5000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 
 @dataclass(frozen=True)
@@ -109,7 +136,8 @@ class RemoteBackend:
         """Connect to ``grpc://host:port`` and learn the model's labels and preprocessing.
 
         Args:
-            url: Model server address, ``grpc://host:port``.
+            url: Model server address, ``grpc://host:port``; every address ``host`` resolves to
+                gets requests in turn.
             timeout_s: Deadline of each call to the model server, retries included.
             retries: Extra attempts when the server is unavailable, with exponential backoff.
             model_name: Model to use; None picks the only model the server serves.
@@ -120,19 +148,34 @@ class RemoteBackend:
             ConfigError: A malformed URL, or a server whose model cannot be used.
             ModelServerError: The server did not answer within ``wait_s`` (503).
         """
-        target = parse_grpc_url(url)
-        options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            *_CHANNEL_OPTIONS,
-        ]
-        channel = grpc.insecure_channel(target, options=options)
+        return cls.from_target(
+            parse_grpc_url(url),
+            timeout_s=timeout_s,
+            retries=retries,
+            model_name=model_name,
+            max_message_bytes=max_message_bytes,
+            wait_s=wait_s,
+        )
+
+    @classmethod
+    def from_target(
+        cls,
+        target: str,
+        *,
+        timeout_s: float = 5.0,
+        retries: int = 2,
+        model_name: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        wait_s: float = 30.0,
+    ) -> RemoteBackend:
+        """Like :meth:`from_url`, for any gRPC target (``dns://DNS-SERVER/host:port``, ...)."""
+        channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
         try:
             grpc.channel_ready_future(channel).result(timeout=wait_s)
         except grpc.FutureTimeoutError:
             channel.close()
             raise ModelServerError(
-                f"model server {url} did not answer within {wait_s:g} s; is it running?", 503
+                f"model server {target} did not answer within {wait_s:g} s; is it running?", 503
             ) from None
         try:
             return cls(
@@ -343,7 +386,7 @@ def _to_model_server_error(exc: grpc.RpcError, target: str) -> ModelServerError:
 
 
 def parse_grpc_url(url: str) -> str:
-    """``grpc://host:port`` -> ``host:port`` for gRPC.
+    """``grpc://host:port`` -> the gRPC target ``dns:///host:port``.
 
     Raises:
         ConfigError: Not a ``grpc://`` URL with a host and a port.
@@ -356,4 +399,4 @@ def parse_grpc_url(url: str) -> str:
     if parts.scheme != "grpc" or not parts.hostname or port is None or parts.path not in ("", "/"):
         raise ConfigError(f"model server URL must look like grpc://HOST:PORT, got {url!r}")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{host}:{port}"
+    return f"dns:///{host}:{port}"

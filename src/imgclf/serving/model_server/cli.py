@@ -35,6 +35,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--max-message-mb", type=float, default=64.0, help="largest gRPC message / REST body"
     )
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads per model")
+    parser.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=60.0,
+        help="seconds after which gRPC connections are closed gracefully, so balancing clients "
+        "re-resolve the name and find new replicas (0: never)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -68,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         poll_interval_s=args.poll_interval,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         threads=args.threads,
+        max_connection_age_s=args.max_connection_age,
     )
     server = ModelServer(settings)
     stop = threading.Event()

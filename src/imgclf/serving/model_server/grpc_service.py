@@ -41,12 +41,41 @@ SERVER_NAME = "imgclf"
 EXTENSIONS = ("classification", "model_configuration", "binary_tensor_data")
 
 
+#: Connections are closed (gracefully, GOAWAY) after about this long, so clients resolve the
+#: server's name again and start sending to replicas added since they connected.
+DEFAULT_MAX_CONNECTION_AGE_S = 60.0
+
+
 def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
     """Channel/server options that set both message size limits deliberately."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
+
+
+def server_options(
+    max_message_bytes: int, max_connection_age_s: float = DEFAULT_MAX_CONNECTION_AGE_S
+) -> list[tuple[str, int]]:
+    """Server options: message limits, keepalive policy and connection age.
+
+    The gateway sends keepalive pings every 10 s, also between calls, to notice a server that
+    vanished; gRPC servers refuse pings more often than every 5 minutes by default (and close the
+    connection), so this server accepts them every 5 s. ``max_connection_age_s`` (0: unlimited)
+    makes clients reconnect now and then, which is when a client balancing over every address
+    of a name (the gateway, ``round_robin``) learns about new replicas.
+    """
+    options = [
+        *grpc_options(max_message_bytes),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ]
+    if max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", 30_000),  # in-flight calls finish first
+        ]
+    return options
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -281,12 +310,13 @@ def create_grpc_server(
     host: str = "127.0.0.1",
     port: int = 8001,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_connection_age_s: float = DEFAULT_MAX_CONNECTION_AGE_S,
     workers: int = 16,
 ) -> tuple[grpc.Server, int]:
     """Build (not start) a gRPC server for the repository; returns it and the bound port."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-        options=grpc_options(max_message_bytes),
+        options=server_options(max_message_bytes, max_connection_age_s),
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(repository), server

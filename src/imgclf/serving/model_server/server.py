@@ -9,7 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.errors import ConfigError
-from imgclf.serving.model_server.grpc_service import DEFAULT_MAX_MESSAGE_BYTES, create_grpc_server
+from imgclf.serving.model_server.grpc_service import (
+    DEFAULT_MAX_CONNECTION_AGE_S,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    create_grpc_server,
+)
 from imgclf.serving.model_server.repository import ModelRepository
 
 logger = logging.getLogger(__name__)
@@ -27,6 +31,8 @@ class ModelServerSettings:
         poll_interval_s: Seconds between repository scans for new versions (0: load once).
         max_message_bytes: Largest gRPC message or REST body accepted and sent.
         threads: ONNX Runtime intra-op threads per model (None: ONNX Runtime's default).
+        max_connection_age_s: gRPC connections are closed gracefully after about this long so
+            balancing clients re-resolve and find new replicas (0: never).
     """
 
     repository: Path
@@ -36,6 +42,7 @@ class ModelServerSettings:
     poll_interval_s: float = 5.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     threads: int | None = None
+    max_connection_age_s: float = DEFAULT_MAX_CONNECTION_AGE_S
 
     def __post_init__(self) -> None:
         if not Path(self.repository).is_dir():
@@ -47,6 +54,8 @@ class ModelServerSettings:
             raise ConfigError("max_message_bytes must be at least 1 MiB")
         if self.poll_interval_s < 0:
             raise ConfigError("poll_interval_s must be >= 0")
+        if self.max_connection_age_s < 0:
+            raise ConfigError("max_connection_age_s must be >= 0 (0: unlimited)")
 
 
 class ModelServer:
@@ -70,6 +79,7 @@ class ModelServer:
             host=settings.host,
             port=settings.grpc_port,
             max_message_bytes=settings.max_message_bytes,
+            max_connection_age_s=settings.max_connection_age_s,
         )
         self._grpc.start()
         logger.info("V2 gRPC listening on %s:%d", settings.host, self.grpc_port)
