@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 pytest.importorskip("fastapi")
@@ -15,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from imgclf.serving.http.app import create_app
 from imgclf.serving.http.settings import ServeSettings
+from imgclf.serving.model_server.grpc_service import InferenceServicer
 
 
 def settings(**fields: Any) -> ServeSettings:
@@ -58,3 +61,53 @@ def test_gateway_answers_like_embedded_and_survives_the_model_server(
             assert time.monotonic() < deadline, "gateway did not become ready again"
             time.sleep(0.05)
         assert predict(remote, images[2]).json()["class"] == "blue"
+
+
+class LeakyServicer(InferenceServicer):
+    """Fails inference the way a proxy in front of a model server might, naming addresses."""
+
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        context.abort(grpc.StatusCode.INTERNAL, "upstream ipv4:10.0.3.7:8001 reset the stream")
+
+
+class SlowServicer(InferenceServicer):
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        time.sleep(2)
+        return super().ModelInfer(request, context)
+
+
+@pytest.mark.parametrize(
+    ("servicer", "stop", "status", "reason"),
+    [
+        (InferenceServicer, True, 503, "model server is unavailable"),
+        (SlowServicer, False, 504, "model server did not answer"),
+        (LeakyServicer, False, 502, "model server failed to answer"),
+    ],
+)
+def test_gateway_errors_name_no_internal_address(
+    grpc_servers: Any,
+    image_bytes: Callable[..., bytes],
+    caplog: pytest.LogCaptureFixture,
+    servicer: Any,
+    stop: bool,
+    status: int,
+    reason: str,
+) -> None:
+    server, port = grpc_servers.start(servicer)
+    gateway = create_app(
+        settings(model_server_url=f"grpc://127.0.0.1:{port}", model_server_timeout_s=1)
+    )
+    with TestClient(gateway) as client:
+        if stop:
+            server.stop(0).wait()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="imgclf.serving.gateway.client"):
+            response = predict(client, image_bytes("red"))
+    assert response.status_code == status
+    body = response.text
+    assert reason in body
+    for internal in ("127.0.0.1", str(port), "ipv4", "dns:", "grpc://", "10.0.3.7", "upstream"):
+        assert internal not in body, f"{internal!r} leaked in {body}"
+    logged = caplog.text  # ... while the log keeps what an operator needs
+    assert f"dns:///127.0.0.1:{port}" in logged
+    assert "10.0.3.7" in logged or status != 502

@@ -20,7 +20,9 @@ Failures map to :class:`~imgclf.errors.ModelServerError` with the HTTP status th
 returns: unreachable or not ready -> 503 (after ``retries`` retries with backoff, all within the
 deadline), too slow -> 504 (deadline ``timeout_s`` per call), anything else the server answers
 that the gateway cannot use (errors, malformed responses) -> 502. Only UNAVAILABLE is retried:
-inference is idempotent, but a timeout or a rejection would only repeat.
+inference is idempotent, but a timeout or a rejection would only repeat. Their messages reach
+clients, so they never name the model server's address or repeat gRPC's details (which do);
+those are logged as a warning instead.
 
 Finding the model server is left to gRPC itself (:func:`channel_options`): ``grpc://host:port``
 becomes the target ``dns:///host:port``, and the ``round_robin`` policy keeps a connection to
@@ -284,7 +286,8 @@ class RemoteBackend:
                 backoff = min(0.05 * 2**attempt, 1.0)
                 last = attempt == self.retries or time.monotonic() + backoff >= deadline
                 if code != grpc.StatusCode.UNAVAILABLE or last:
-                    raise _to_model_server_error(exc, self.target) from exc
+                    error = _to_model_server_error(exc, self.target, method, self.timeout_s)
+                    raise error from None  # the gRPC error names addresses: logged, not chained
                 time.sleep(backoff)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -375,14 +378,21 @@ def _read_output(response: Any, model: RemoteModel, rows: int) -> np.ndarray:
     return probs
 
 
-def _to_model_server_error(exc: grpc.RpcError, target: str) -> ModelServerError:
+def _to_model_server_error(
+    exc: grpc.RpcError, target: str, method: str, timeout_s: float
+) -> ModelServerError:
+    """The client-facing error for a failed call; the address and gRPC details go to the log.
+
+    gRPC details name addresses (``ipv4:10.0.3.7:8001``) and the model server's internals, which
+    clients must not see: they get the status and a generic reason.
+    """
     code = exc.code()
-    details = exc.details() or code.name
+    logger.warning("model server %s: %s failed: %s %s", target, method, code.name, exc.details())
     if code == grpc.StatusCode.UNAVAILABLE:
-        return ModelServerError(f"model server {target} is unavailable: {details}", 503)
+        return ModelServerError("the model server is unavailable; retry shortly", 503)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return ModelServerError(f"model server {target} did not answer in time: {details}", 504)
-    return ModelServerError(f"model server {target} failed ({code.name}): {details}", 502)
+        return ModelServerError(f"the model server did not answer within {timeout_s:g} s", 504)
+    return ModelServerError(f"the model server failed to answer ({code.name})", 502)
 
 
 def parse_grpc_url(url: str) -> str:
