@@ -259,8 +259,8 @@ def report(
     res = sus["result"]
     return "\n\n".join(
         [
-            f"{SECTION}\n",
-            f"`{command_line()}`",
+            SECTION,
+            f"`{command_line()}` (server, clients and model on the same 2 cores)",
             "**Bad inputs** (each sent 5 times to `/predict`; time is the client's round trip; ok "
             "means every answer 4xx, median under the limit and max under 1 s):",
             bad,
