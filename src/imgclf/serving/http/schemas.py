@@ -151,6 +151,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, text in {
         400: "Bad input: not decodable, bad base64, URL refused or unreachable",
         401: "Missing or wrong API key",
+        408: "Request body not received in time (a stalled upload)",
         413: "Body or image too large",
         415: "Not a supported image type (checked by content)",
         422: "Malformed request",
