@@ -273,8 +273,12 @@ class RemoteBackend:
         with self._lock:
             self._model = model
 
-    def _call(self, method: str, request: Any) -> Any:
-        """One unary call with a deadline; UNAVAILABLE is retried with exponential backoff."""
+    def _call(self, method: str, request: Any, *, for_operator: bool = False) -> Any:
+        """One unary call with a deadline; UNAVAILABLE is retried with exponential backoff.
+
+        ``for_operator`` calls (start-up discovery, refreshing the model description) fail with
+        the server's address and details; the others' errors reach clients and name neither.
+        """
         deadline = time.monotonic() + self.timeout_s
         rpc = getattr(self._stub, method)
         for attempt in range(self.retries + 1):
@@ -286,14 +290,18 @@ class RemoteBackend:
                 backoff = min(0.05 * 2**attempt, 1.0)
                 last = attempt == self.retries or time.monotonic() + backoff >= deadline
                 if code != grpc.StatusCode.UNAVAILABLE or last:
-                    error = _to_model_server_error(exc, self.target, method, self.timeout_s)
+                    error = _to_model_server_error(
+                        exc, self.target, method, self.timeout_s, for_operator=for_operator
+                    )
                     raise error from None  # the gRPC error names addresses: logged, not chained
                 time.sleep(backoff)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _discover(self, model_name: str | None) -> RemoteModel:
         if model_name is None:
-            index = self._call("RepositoryIndex", service_pb2.RepositoryIndexRequest(ready=True))
+            index = self._call(
+                "RepositoryIndex", service_pb2.RepositoryIndexRequest(ready=True), for_operator=True
+            )
             names = sorted({m.name for m in index.models})
             if len(names) != 1:
                 raise ConfigError(
@@ -304,8 +312,10 @@ class RemoteBackend:
         return self._describe(model_name)
 
     def _describe(self, name: str) -> RemoteModel:
-        metadata = self._call("ModelMetadata", service_pb2.ModelMetadataRequest(name=name))
-        config = self._call("ModelConfig", service_pb2.ModelConfigRequest(name=name)).config
+        request = service_pb2.ModelMetadataRequest(name=name)
+        metadata = self._call("ModelMetadata", request, for_operator=True)
+        request = service_pb2.ModelConfigRequest(name=name)
+        config = self._call("ModelConfig", request, for_operator=True).config
         return describe_model(metadata, config, self.target)
 
 
@@ -379,20 +389,26 @@ def _read_output(response: Any, model: RemoteModel, rows: int) -> np.ndarray:
 
 
 def _to_model_server_error(
-    exc: grpc.RpcError, target: str, method: str, timeout_s: float
+    exc: grpc.RpcError, target: str, method: str, timeout_s: float, *, for_operator: bool = False
 ) -> ModelServerError:
-    """The client-facing error for a failed call; the address and gRPC details go to the log.
+    """The error for a failed call; for clients, the address and gRPC details go to the log.
 
     gRPC details name addresses (``ipv4:10.0.3.7:8001``) and the model server's internals, which
-    clients must not see: they get the status and a generic reason.
+    clients must not see: they get the status and a generic reason. ``for_operator`` errors
+    (start-up) keep both, as they are what an operator needs to fix the setup.
     """
     code = exc.code()
-    logger.warning("model server %s: %s failed: %s %s", target, method, code.name, exc.details())
+    details = exc.details()
+    logger.warning("model server %s: %s failed: %s %s", target, method, code.name, details)
     if code == grpc.StatusCode.UNAVAILABLE:
-        return ModelServerError("the model server is unavailable; retry shortly", 503)
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return ModelServerError(f"the model server did not answer within {timeout_s:g} s", 504)
-    return ModelServerError(f"the model server failed to answer ({code.name})", 502)
+        message, status = "the model server is unavailable; retry shortly", 503
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        message, status = f"the model server did not answer within {timeout_s:g} s", 504
+    else:
+        message, status = f"the model server failed to answer ({code.name})", 502
+    if for_operator:
+        message = f"{message}: {method} on {target}: {details}"
+    return ModelServerError(message, status)
 
 
 def parse_grpc_url(url: str) -> str:
