@@ -302,6 +302,31 @@ def test_client_gone_mid_upload_is_499_not_an_error_and_api_key_file_works(
     assert not [e for e in entries if e["level"] == "error"], entries
 
 
+def test_hostile_json_gets_4xx_from_the_real_server(
+    start_server: Callable[[list[str]], Server], tiny_bundle: Path
+) -> None:
+    """The inputs that used to answer 500 (or take seconds), sent to uvicorn over a socket."""
+    server = start_server(
+        [*("-m", "imgclf", "serve", "--model", str(tiny_bundle), "--port", "{port}")]
+    )
+    deep, huge = "[" * 2000 + "]" * 2000, "1" * 5000
+    shape = {"name": "p", "datatype": "UINT8", "shape": [2**32, 2**32], "data": []}
+    cases = [
+        ("/predict", '{"image": ' + huge + "}", 400),
+        ("/predict", '{"image": ' + deep + "}", 400),
+        ("/v2/models/colors/infer", '{"inputs": [], "parameters": {"x": ' + deep + "}}", 400),
+        ("/v2/models/colors/infer", json.dumps({"inputs": [shape]}), 400),
+        ("/v2/models/colors/infer", '{"inputs": [1]}', 422),
+        ("/predict/batch", '{"images": [' + ",".join(["1"] * 1_000_000) + "]}", 400),
+    ]
+    with httpx.Client(base_url=server.base, timeout=10) as client:
+        for path, body, status in cases:
+            started = time.monotonic()
+            response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+            assert response.status_code == status, (path, body[:40], response.text)
+            assert len(response.content) < 1000 and time.monotonic() - started < 5
+
+
 def test_cli_reports_bad_bundle_cleanly(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "imgclf", "serve", "--model", str(tmp_path / "missing")],
