@@ -37,9 +37,12 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def run_without_extras(args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run ``imgclf ARGS`` in a fresh interpreter where no optional dependency can be imported."""
-    script = _WITHOUT_EXTRAS.format(modules=sorted(cli.EXTRA_MODULES))
+def run_without_extras(
+    args: Sequence[str], cwd: Path, modules: Sequence[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``imgclf ARGS`` in a fresh interpreter where ``modules`` (default: every optional
+    dependency) cannot be imported."""
+    script = _WITHOUT_EXTRAS.format(modules=sorted(modules or cli.EXTRA_MODULES))
     return subprocess.run(
         [sys.executable, "-c", script, *args],
         cwd=cwd,
@@ -95,6 +98,15 @@ def test_command_needing_an_extra_names_it(
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"imgclf {args[0]}: error: ")
     assert f"pip install 'imgclf[{extra}]'" in line
+
+
+def test_gateway_mode_without_the_grpc_extra_names_it(tmp_path: Path) -> None:
+    # The serve extra is there, gRPC is not: a one-line message before the server starts.
+    args = ["serve", "--model-server", "grpc://127.0.0.1:9", "--port", "0"]
+    result = run_without_extras(args, tmp_path, modules=["grpc", "tritonclient"])
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert "pip install 'imgclf[serve,grpc]'" in line
 
 
 def test_missing_extra_names_only_optional_dependencies() -> None:

@@ -7,6 +7,7 @@ line override ``IMGCLF_*`` environment variables, which override the defaults.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -172,5 +173,12 @@ def run_serve(args: argparse.Namespace) -> int:
         from imgclf.bundle import load_bundle
 
         load_bundle(settings.model, verify=False)  # a clear error now, not a lifespan traceback
+    elif (
+        importlib.util.find_spec("tritonclient") is None or importlib.util.find_spec("grpc") is None
+    ):
+        # Checked now: inside uvicorn's startup the same error is a traceback in a JSON log.
+        raise ConfigError(
+            "imgclf serve --model-server needs the grpc extra: pip install 'imgclf[serve,grpc]'"
+        )
     run_server(settings)
     return 0
