@@ -209,6 +209,16 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
             subprocess.run(
                 ["podman", "rm", "-f", "-t", "0", *ids], capture_output=True, check=False
             )
+    networks = subprocess.run(
+        ["podman", "network", "ls", "-q", "--filter", f"label={label}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if networks:
+        subprocess.run(
+            ["podman", "network", "rm", "-f", *networks], capture_output=True, check=False
+        )
 
 
 @pytest.mark.slow
