@@ -28,8 +28,8 @@ from imgclf.serving.aws_lambda.settings import LAMBDA_SYNC_PAYLOAD_LIMIT
 pytestmark = pytest.mark.usefixtures("lambda_env")
 
 
-def serve(handler: Callable[[Any, Any], Any]) -> Iterator[str]:
-    server = make_server(handler, "127.0.0.1", 0)
+def serve(handler: Callable[[Any, Any], Any], body_timeout_s: float = 30) -> Iterator[str]:
+    server = make_server(handler, "127.0.0.1", 0, body_timeout_s)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -103,6 +103,21 @@ def test_wrong_path_method_and_size_are_refused(invoke_url: str) -> None:
             f"Content-Length: {LAMBDA_SYNC_PAYLOAD_LIMIT + 1}\r\n\r\n".encode()
         )
         assert sock.recv(100).startswith(b"HTTP/1.1 413")
+
+
+def test_stalled_upload_neither_blocks_others_nor_holds_its_connection(
+    image_bytes: Callable[..., bytes],
+) -> None:
+    for url in serve(load_handler("imgclf.serving.aws_lambda.handler.handler"), body_timeout_s=1):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+            stalled.sendall(
+                f"POST {INVOKE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{".encode()
+            )
+            event = {"image": b64(image_bytes("red"))}
+            answer = httpx.post(url + INVOKE_PATH, json=event, timeout=30)
+            assert answer.json()["class"] == "red"
+            assert stalled.recv(100) == b""  # closed after the body timeout, without an answer
 
 
 def test_handler_exception_is_reported_like_lambda() -> None:

@@ -107,14 +107,21 @@ def load_handler(name: str) -> Handler:
 
 
 def make_server(
-    handler: Handler, host: str = "127.0.0.1", port: int = 8080
+    handler: Handler,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> http.server.ThreadingHTTPServer:
-    """An HTTP server that answers the invoke URL by calling ``handler`` (not started yet)."""
+    """An HTTP server that answers the invoke URL by calling ``handler`` (not started yet).
+
+    Each connection has its own thread and ``body_timeout_s`` per read, so a client that stalls
+    its upload holds only its own connection; events then run one at a time.
+    """
     lock = threading.Lock()
 
     class InvokeRequestHandler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
-        timeout = BODY_TIMEOUT_S
+        timeout = body_timeout_s
         server_version = "imgclf-lambda-local"
 
         def do_POST(self) -> None:
