@@ -65,14 +65,16 @@ def test_base64_image_gets_the_prediction(
 @pytest.mark.parametrize(
     ("event", "status", "words"),
     [
-        ({"image": "@@@"}, 400, "base64"),
-        ({"picture": "x"}, 422, "picture"),
+        ('{"image": "@@@"}', 400, "base64"),
+        ('{"picture": "x"}', 422, "picture"),
+        ("null", 422, "JSON object"),
+        ("[1, 2]", 422, "JSON object"),
     ],
 )
 def test_bad_events_get_the_handlers_4xx_object(
-    invoke_url: str, event: dict[str, Any], status: int, words: str
+    invoke_url: str, event: str, status: int, words: str
 ) -> None:
-    response = httpx.post(invoke_url + INVOKE_PATH, json=event, timeout=60)
+    response = httpx.post(invoke_url + INVOKE_PATH, content=event, timeout=60)
     assert response.status_code == 200  # as from the emulator: the function returned normally
     answer = response.json()
     assert answer["statusCode"] == status

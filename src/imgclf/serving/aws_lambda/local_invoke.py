@@ -47,6 +47,7 @@ DEFAULT_HANDLER = "imgclf.serving.aws_lambda.handler.handler"
 BODY_TIMEOUT_S = 30.0
 
 Handler = Callable[[Any, Any], Any]
+_REFUSED = object()  # a request answered with a 4xx before reaching the handler
 
 
 @dataclass
@@ -126,10 +127,11 @@ def make_server(
 
         def do_POST(self) -> None:
             if self.path.split("?", 1)[0] != INVOKE_PATH:
+                self.close_connection = True  # its body is never read
                 self._send(404, {"detail": f"not found; POST the event to {INVOKE_PATH}"})
                 return
             event = self._read_event()
-            if event is None:
+            if event is _REFUSED:
                 return
             context = LocalContext.from_env(os.environ)
             with lock:  # one event at a time, like one execution environment
@@ -143,6 +145,7 @@ def make_server(
             self._send(200, answer)
 
         def do_GET(self) -> None:
+            self.close_connection = True
             self._send(405, {"detail": "use POST with the event as JSON"}, {"Allow": "POST"})
 
         def do_PUT(self) -> None:
@@ -152,24 +155,24 @@ def make_server(
             self.do_GET()
 
         def _read_event(self) -> Any:
-            """The JSON event of the request body, or None after answering a 4xx."""
+            """The JSON event of the request body, or ``_REFUSED`` after answering a 4xx."""
             length = self.headers.get("Content-Length")
             if length is None or not length.isdigit():
                 self._fail(411, "send the event with a Content-Length header")
-                return None
+                return _REFUSED
             if int(length) > LAMBDA_SYNC_PAYLOAD_LIMIT:
                 self._fail(413, f"the event is over Lambda's {LAMBDA_SYNC_PAYLOAD_LIMIT} bytes")
-                return None
+                return _REFUSED
             try:
                 raw = self.rfile.read(int(length))
             except TimeoutError:
                 self.close_connection = True
-                return None
+                return _REFUSED
             try:
                 return json.loads(raw or b"{}")
             except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
                 self._fail(400, f"the request body is not JSON ({exc}); send the event as JSON")
-                return None
+                return _REFUSED
 
         def _fail(self, status: int, detail: str) -> None:
             self.close_connection = True
