@@ -73,16 +73,8 @@ def staged_file(bundle: Bundle, name: str) -> Iterator[Path]:
     predictor could load it. The exporter creates the file itself, so it gets the umask's
     permissions like any new file.
     """
-    final = bundle.root / name
-    staging = bundle.root / f".{name}.partial"
-    staging.unlink(missing_ok=True)
-    try:
+    with replaced_atomically(bundle.root / name) as staging:
         yield staging
-        if not staging.is_file():
-            raise ExportError(f"exporter wrote nothing to {staging}")
-        staging.replace(final)
-    finally:
-        staging.unlink(missing_ok=True)
 
 
 def require_pytorch(bundle: Bundle) -> None:
