@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 
 import common
-from common import clothing_dir, markdown_table, pick_images
+from common import clothing_dir, command_line, markdown_table, pick_images
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Gateway vs embedded"
@@ -271,14 +271,12 @@ def main() -> None:
     agree = sum(first["embedded"][n] == first["gateway"][n] for n in shared)
     header = ["mode", "clients", "requests", "p50 ms", "p95 ms", "images/s", "errors"]
     table = markdown_table(header, rows)
-    command = "nice -n 10 .venv/bin/python bench/bench_gateway.py " + " ".join(
-        a for a in sys.argv[1:] if a != "--update-docs"
-    )
+    command = command_line()
     report = "\n".join(
         [
             SECTION,
             "",
-            f"Command: `{command.strip()}` (then `--update-docs`). Model: {origin}. "
+            f"Command: `{command}`. Model: {origin}. "
             f"{len(images)} clothing test JPEGs posted to `/predict`, {args.rounds} alternating "
             "rounds per setting, all processes on one 2-vCPU machine over loopback.",
             "",
