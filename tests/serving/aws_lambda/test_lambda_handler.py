@@ -155,6 +155,8 @@ def test_direct_invocation_bad_input_is_reported_not_raised() -> None:
     [
         ('{"image": "@@@"}', 400, "base64"),
         ("{not json", 400, "not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, 400, "too deeply"),
+        ('{"image": "AAAA", "top_k": ' + "9" * 5000 + "}", 400, "too many digits"),
         ("", 400, "empty"),
         ('{"picture": "x"}', 422, "unknown fields"),
         ('{"url": "https://example.com/a.jpg", "image": "AAAA"}', 422, "exactly one"),

@@ -81,7 +81,10 @@ def test_bad_events_get_the_handlers_4xx_object(
     assert words in answer["detail"]
 
 
-@pytest.mark.parametrize("body", [b"not json", b'{"image": ', b"\xff\xfe", b"[" * 100_000])
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b'{"image": ', b"\xff\xfe", b"[" * 100_000, b'{"top_k": ' + b"9" * 5000 + b"}"],
+)
 def test_body_that_is_not_json_gets_400_without_calling_the_handler(
     invoke_url: str, body: bytes
 ) -> None:

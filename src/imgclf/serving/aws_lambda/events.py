@@ -28,6 +28,7 @@ from typing import Any
 
 from imgclf.errors import ImageTooLargeError, InputError
 from imgclf.serving.aws_lambda.settings import LAMBDA_SYNC_PAYLOAD_LIMIT
+from imgclf.serving.json_input import JSONBodyError, parse_json
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 _JSON_FIELDS = frozenset({"url", "image", "top_k"})
@@ -243,9 +244,9 @@ def _header(event: dict[str, Any], name: str) -> str:
 
 def _load_json(data: bytes) -> Any:
     try:
-        return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"request body is not valid JSON ({exc})") from exc
+        return parse_json(data)
+    except JSONBodyError as exc:  # also too deep, or a number over 4300 digits
+        raise InputError(str(exc)) from exc
 
 
 def _query_top_k(value: Any) -> int | None:

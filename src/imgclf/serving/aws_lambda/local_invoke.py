@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgclf.serving.aws_lambda.settings import LAMBDA_SYNC_PAYLOAD_LIMIT
+from imgclf.serving.json_input import JSONBodyError, parse_json
 
 __all__ = ["INVOKE_PATH", "LocalContext", "load_handler", "main", "make_server"]
 
@@ -169,8 +170,8 @@ def make_server(
                 self.close_connection = True
                 return _REFUSED
             try:
-                return json.loads(raw or b"{}")
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+                return parse_json(raw or b"{}")
+            except JSONBodyError as exc:  # also too deep, or a number over 4300 digits
                 self._fail(400, f"the request body is not JSON ({exc}); send the event as JSON")
                 return _REFUSED
 

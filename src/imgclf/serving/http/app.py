@@ -32,7 +32,6 @@ from imgclf.serving.http import api, page, tfserving, v2
 from imgclf.serving.http.admission import AdmissionMiddleware
 from imgclf.serving.http.batching import MicroBatcher
 from imgclf.serving.http.dependencies import Services
-from imgclf.serving.http.jsonbody import describe_errors
 from imgclf.serving.http.metrics import ServiceMetrics
 from imgclf.serving.http.observability import (
     CLIENT_CLOSED_REQUEST,
@@ -42,6 +41,7 @@ from imgclf.serving.http.observability import (
 )
 from imgclf.serving.http.security import TokenBucketLimiter, retry_after_header
 from imgclf.serving.http.settings import ServeSettings
+from imgclf.serving.json_input import describe_errors
 
 logger = logging.getLogger(__name__)
 

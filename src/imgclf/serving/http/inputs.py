@@ -23,13 +23,9 @@ from imgclf.inference.fetch import fetch_url_async
 from imgclf.preprocessing import PreprocessConfig, load_pixels
 from imgclf.serving.backend import InferenceBackend
 from imgclf.serving.http.dependencies import Services
-from imgclf.serving.http.jsonbody import (
-    JSONBodyError,
-    describe_errors,
-    max_json_values,
-    parse_json,
-)
+from imgclf.serving.http.jsonbody import max_json_values
 from imgclf.serving.http.schemas import BatchRequest, ImageInput
+from imgclf.serving.json_input import JSONBodyError, describe_errors, parse_json
 
 _JSON_TYPES = ("application/json",)
 _MULTIPART = "multipart/form-data"

@@ -36,6 +36,7 @@ from tritonclient.grpc import service_pb2
 
 from imgclf import __version__
 from imgclf.errors import ImgclfError, InputError
+from imgclf.serving.json_input import JSONBodyError, describe_errors, parse_json
 from imgclf.serving.model_server.grpc_service import (
     DEFAULT_MAX_MESSAGE_BYTES,
     EXTENSIONS,
@@ -96,8 +97,8 @@ def create_rest_app(
     async def repository_index(request: Request) -> list[dict[str, str]]:
         body = await _read_body(request, 64 * 1024)
         try:
-            options = json.loads(body) if body.strip() else {}
-        except (ValueError, RecursionError) as exc:
+            options = parse_json(body) if body.strip() else {}
+        except JSONBodyError as exc:
             raise InputError(f"repository index request is not valid JSON ({exc})") from exc
         ready_only = isinstance(options, dict) and options.get("ready") is True
         return [
@@ -247,13 +248,19 @@ def _parse_infer(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], list[RequestedOutput], set[str]]:
     length = _header_length(request.headers.get(HEADER_LENGTH), len(body))
     try:
-        header = json.loads(body[:length])
-    except (ValueError, RecursionError) as exc:  # also too deep, or an int over 4300 digits
-        raise InputError(f"inference request is not valid JSON ({str(exc)[:200]})") from exc
+        header = parse_json(body[:length])
+    except JSONBodyError as exc:
+        raise InputError(f"inference request is not valid JSON ({exc})") from exc
     try:
         parsed = _InferRequest.model_validate(header)
     except ValidationError as exc:
-        raise InputError(f"invalid inference request: {_problems(exc)}") from exc
+        problems = describe_errors(
+            exc.errors(include_url=False, include_input=False),
+            limit=3,
+            unnamed="request",
+            more="more",
+        )
+        raise InputError(f"invalid inference request: {problems}") from exc
     inputs = _decode_json_inputs(parsed.inputs, memoryview(body)[length:])
     binary_default = bool(parsed.parameters.get("binary_data_output", False))
     requested: list[RequestedOutput] = []
@@ -279,16 +286,6 @@ def _header_length(text: str | None, body_length: int) -> int:
             f"{body_length}), got {text[:40]!r}"
         )
     return int(text)
-
-
-def _problems(exc: ValidationError, limit: int = 3) -> str:
-    """The first few validation errors as ``location: message``, never the offending values."""
-    errors = exc.errors(include_url=False, include_input=False)
-    text = "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'request'}: {error['msg']}"
-        for error in errors[:limit]
-    )
-    return text + (f" (and {len(errors) - limit} more)" if len(errors) > limit else "")
 
 
 def _decode_json_inputs(items: list[_InputTensor], payload: memoryview) -> dict[str, np.ndarray]:
