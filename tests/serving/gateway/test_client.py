@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from imgclf.errors import ConfigError, InputError, ModelServerError
+from imgclf.errors import ConfigError, InputError, ModelServerError, ModelServerUnavailableError
 from imgclf.export.triton import export_triton_repository
 from imgclf.inference.predictor import Predictor
 from imgclf.serving.backend import InferenceBackend
@@ -102,7 +102,7 @@ def test_model_choice_with_several_models(
         remote.close()
     with pytest.raises(ModelServerError, match="unknown model") as info:
         RemoteBackend.from_url(f"grpc://127.0.0.1:{port}", model_name="hats")
-    assert info.value.status_code == 502
+    assert type(info.value) is ModelServerError  # not unavailable, not too slow: 502
 
 
 def test_new_version_is_followed(
@@ -149,7 +149,6 @@ def test_nothing_listening_is_503_after_wait(grpc_servers: Any) -> None:
     server, port = grpc_servers.start()
     server.stop(0).wait()
     started = time.monotonic()
-    with pytest.raises(ModelServerError, match=r"did not answer within 0\.5 s") as info:
+    with pytest.raises(ModelServerUnavailableError, match=r"did not answer within 0\.5 s"):
         RemoteBackend.from_url(f"grpc://127.0.0.1:{port}", wait_s=0.5)
-    assert info.value.status_code == 503
     assert time.monotonic() - started < 3

@@ -21,7 +21,9 @@ from tritonclient.grpc import service_pb2
 
 from imgclf.errors import ModelServerError
 from imgclf.serving.gateway.client import RemoteBackend
+from imgclf.serving.http.app import REST_STATUS
 from imgclf.serving.model_server.grpc_service import InferenceServicer
+from imgclf.serving.status import status_for
 
 RED = np.full((2, 32, 32, 3), (220, 30, 30), dtype=np.uint8)
 
@@ -46,7 +48,7 @@ def expect_error(backend: RemoteBackend, status: int, match: str) -> float:
     started = time.monotonic()
     with pytest.raises(ModelServerError, match=match) as info:
         backend.infer(RED)
-    assert info.value.status_code == status
+    assert status_for(info.value, REST_STATUS, 500) == status  # what the REST app answers
     message = str(info.value)
     port = backend.target.rsplit(":", 1)[1]
     for internal in ("127.0.0.1", port, "ipv4", "dns:", "onnxruntime exploded"):

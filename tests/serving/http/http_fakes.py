@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 from fastapi.testclient import TestClient
 
-from imgclf.errors import ModelServerError
+from imgclf.errors import ModelServerUnavailableError
 from imgclf.preprocessing import PreprocessConfig
 
 ClientFactory = Callable[..., TestClient]
@@ -46,7 +46,7 @@ class FakeBackend:
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.fail:
-            raise ModelServerError("model server unreachable at grpc://10.0.0.1:8001", 503)
+            raise ModelServerUnavailableError("model server unreachable at grpc://10.0.0.1:8001")
         probs = np.zeros((len(pixels), len(self._labels)), dtype=np.float32)
         probs[:, 0] = 1.0
         return probs

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from http_fakes import ClientFactory, FakeBackend
 
-from imgclf.errors import ModelServerError, OverloadedError
+from imgclf.errors import ModelServerError, ModelServerUnavailableError, OverloadedError
 from imgclf.serving.http.batching import BatchStats, MicroBatcher
 
 ImageBytes = Callable[..., bytes]
@@ -122,7 +122,7 @@ def test_backend_errors_reach_every_waiter_and_the_batcher_survives() -> None:
     def flaky(pixels: np.ndarray) -> np.ndarray:
         calls["n"] += 1
         if calls["n"] == 1:
-            raise ModelServerError("remote down", 503)
+            raise ModelServerUnavailableError("remote down")
         return np.ones((len(pixels), 1), dtype=np.float32)
 
     async def scenario() -> tuple[list[object], np.ndarray]:

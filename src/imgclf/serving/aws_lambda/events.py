@@ -13,8 +13,8 @@ Three request shapes reach the handler synchronously:
 
 Status codes: 400 unreadable JSON or base64, 405 not a POST, 413 over Lambda's 6 MB synchronous
 payload limit or the image pixel cap, 415 not a supported image, 422 a JSON object of the wrong
-shape; input errors raised while decoding keep their own
-:attr:`~imgclf.errors.InputError.status_code`.
+shape (:class:`~imgclf.errors.RequestShapeError`); the handler's
+:data:`~imgclf.serving.aws_lambda.handler.LAMBDA_STATUS` maps every error to its status.
 """
 
 from __future__ import annotations
@@ -26,24 +26,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from imgclf.errors import ImageTooLargeError, InputError
+from imgclf.errors import (
+    ImageTooLargeError,
+    InputError,
+    MethodNotAllowedError,
+    RequestShapeError,
+)
 from imgclf.serving.aws_lambda.settings import LAMBDA_SYNC_PAYLOAD_LIMIT
 from imgclf.serving.json_input import JSONBodyError, parse_json
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 _JSON_FIELDS = frozenset({"url", "image", "top_k"})
-
-
-class RequestShapeError(InputError):
-    """A JSON request of the wrong shape (missing or extra fields, wrong types)."""
-
-    status_code = 422
-
-
-class MethodNotAllowedError(InputError):
-    """The HTTP method is not POST."""
-
-    status_code = 405
 
 
 class EventKind(StrEnum):

@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from imgclf.errors import ImgclfError, InputError, ServingError
+from imgclf.errors import ImgclfError, InputError
 from imgclf.serving.aws_lambda import jsonlog
 from imgclf.serving.aws_lambda.events import (
     EventKind,
@@ -34,8 +35,13 @@ from imgclf.serving.aws_lambda.events import (
 from imgclf.serving.aws_lambda.jsonlog import log_event
 from imgclf.serving.aws_lambda.model_store import LoadedModel, get_model
 from imgclf.serving.aws_lambda.settings import LambdaSettings
+from imgclf.serving.status import HTTP_STATUS, status_for
 
 __all__ = ["handler"]
+
+#: The function's HTTP status for each core error (proxy responses, and the ``statusCode`` of a
+#: direct invocation's error): the plain HTTP meaning, 422 and 405 included.
+LAMBDA_STATUS: Mapping[type[Exception], int] = HTTP_STATUS
 
 
 def handler(event: Any, context: Any) -> Any:
@@ -76,9 +82,9 @@ def _answer_request(event: Any, kind: EventKind) -> dict[str, Any]:
             request = parse_http_event(event, kind, settings.max_request_bytes)
         status, body = 200, predict(request, settings, get_model(settings))
     except InputError as exc:
-        status, body = exc.status_code, {"detail": str(exc)}
+        status, body = status_for(exc, LAMBDA_STATUS, 400), {"detail": str(exc)}
     except ImgclfError as exc:
-        status = exc.status_code if isinstance(exc, ServingError) else 500
+        status = status_for(exc, LAMBDA_STATUS, 500)
         body = {"detail": f"the function cannot serve predictions: {exc}"}
         log_event("serving_error", level=logging.ERROR, error=str(exc))
     except Exception:

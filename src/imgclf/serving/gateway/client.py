@@ -16,11 +16,13 @@ What the gateway learns from the server at start-up, all through standard V2 cal
   offered, else the logits are turned into probabilities here.
 - ``RepositoryIndex``: which model to use when ``model_name`` is not given (the only one served).
 
-Failures map to :class:`~imgclf.errors.ModelServerError` with the HTTP status the REST app
-returns: unreachable or not ready -> 503 (after ``retries`` retries with backoff, all within the
-deadline), too slow -> 504 (deadline ``timeout_s`` per call), anything else the server answers
-that the gateway cannot use (errors, malformed responses) -> 502. Only UNAVAILABLE is retried:
-inference is idempotent, but a timeout or a rejection would only repeat. Their messages reach
+Failures raise a :class:`~imgclf.errors.ModelServerError` saying which kind (the REST app's
+status in brackets): unreachable or not ready -> ``ModelServerUnavailableError`` [503] (after
+``retries`` retries with backoff, all within the deadline), too slow ->
+``ModelServerTimeoutError`` [504] (deadline ``timeout_s`` per call), anything else the server
+answers that the gateway cannot use (errors, malformed responses) -> ``ModelServerError``
+[502]. Only UNAVAILABLE is retried: inference is idempotent, but a timeout or a rejection would
+only repeat. Their messages reach
 clients, so they never name the model server's address or repeat gRPC's details (which do);
 those are logged as a warning instead.
 
@@ -47,7 +49,13 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from imgclf.errors import ConfigError, InputError, ModelServerError
+from imgclf.errors import (
+    ConfigError,
+    InputError,
+    ModelServerError,
+    ModelServerTimeoutError,
+    ModelServerUnavailableError,
+)
 from imgclf.export.triton import LABELS_PARAMETER, PREPROCESSING_PARAMETER
 from imgclf.preprocessing import PreprocessConfig, normalize
 
@@ -148,7 +156,7 @@ class RemoteBackend:
 
         Raises:
             ConfigError: A malformed URL, or a server whose model cannot be used.
-            ModelServerError: The server did not answer within ``wait_s`` (503).
+            ModelServerUnavailableError: The server did not answer within ``wait_s``.
         """
         return cls.from_target(
             parse_grpc_url(url),
@@ -176,8 +184,8 @@ class RemoteBackend:
             grpc.channel_ready_future(channel).result(timeout=wait_s)
         except grpc.FutureTimeoutError:
             channel.close()
-            raise ModelServerError(
-                f"model server {target} did not answer within {wait_s:g} s; is it running?", 503
+            raise ModelServerUnavailableError(
+                f"model server {target} did not answer within {wait_s:g} s; is it running?"
             ) from None
         try:
             return cls(
@@ -221,7 +229,7 @@ class RemoteBackend:
 
         Raises:
             InputError: The pixels do not have the model's shape or dtype.
-            ModelServerError: 503 unavailable, 504 too slow, 502 unusable answer.
+            ModelServerError: Unusable answer; its subclasses: unavailable, too slow.
         """
         model = self._model
         size = model.preprocess.input_size
@@ -364,9 +372,7 @@ def describe_model(metadata: Any, config: Any, target: str) -> RemoteModel:
 def _read_output(response: Any, model: RemoteModel, rows: int) -> np.ndarray:
     index = next((i for i, o in enumerate(response.outputs) if o.name == model.output_name), None)
     if index is None or index >= len(response.raw_output_contents):
-        raise ModelServerError(
-            f"model server answered without output {model.output_name!r}", status_code=502
-        )
+        raise ModelServerError(f"model server answered without output {model.output_name!r}")
     tensor = response.outputs[index]
     expected = (rows, len(model.labels))
     raw = response.raw_output_contents[index]
@@ -377,8 +383,7 @@ def _read_output(response: Any, model: RemoteModel, rows: int) -> np.ndarray:
     ):
         raise ModelServerError(
             f"model server answered {tensor.datatype} {list(tensor.shape)} ({len(raw)} bytes) for "
-            f"{model.output_name!r}, expected FP32 {list(expected)}",
-            status_code=502,
+            f"{model.output_name!r}, expected FP32 {list(expected)}"
         )
     values = np.frombuffer(raw, dtype="<f4").reshape(expected).astype(np.float32)
     if model.output_is_probabilities:
@@ -400,15 +405,19 @@ def _to_model_server_error(
     code = exc.code()
     details = exc.details()
     logger.warning("model server %s: %s failed: %s %s", target, method, code.name, details)
+    kind: type[ModelServerError] = ModelServerError
+    message = f"the model server failed to answer ({code.name})"
     if code == grpc.StatusCode.UNAVAILABLE:
-        message, status = "the model server is unavailable; retry shortly", 503
+        kind, message = (
+            ModelServerUnavailableError,
+            "the model server is unavailable; retry shortly",
+        )
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        message, status = f"the model server did not answer within {timeout_s:g} s", 504
-    else:
-        message, status = f"the model server failed to answer ({code.name})", 502
+        kind = ModelServerTimeoutError
+        message = f"the model server did not answer within {timeout_s:g} s"
     if for_operator:
         message = f"{message}: {method} on {target}: {details}"
-    return ModelServerError(message, status)
+    return kind(message)
 
 
 def parse_grpc_url(url: str) -> str:

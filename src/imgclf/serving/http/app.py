@@ -3,9 +3,10 @@
 Nothing happens at import time. The model is loaded (or the model server client opened) in the
 app's lifespan, warmed with one inference, and put behind a :class:`MicroBatcher`; on shutdown the
 batcher finishes every queued request before the process exits. Errors from
-:mod:`imgclf.errors` become status codes here, and only here: every error answers with a JSON
-``{"detail": "..."}`` body (plus ``"error"`` on the V2 and TF Serving paths, as those protocols
-expect).
+:mod:`imgclf.errors` become status codes here, and only here (:data:`REST_STATUS`, and
+:data:`~imgclf.serving.http.tfserving.TFSERVING_STATUS` on TF Serving's paths): every error
+answers with a JSON ``{"detail": "..."}`` body (plus ``"error"`` on the V2 and TF Serving paths,
+as those protocols expect).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -26,7 +27,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from imgclf import __version__
-from imgclf.errors import ImgclfError, InputError, ModelServerError, ServingError
+from imgclf.errors import (
+    ImgclfError,
+    ModelServerError,
+    ModelServerTimeoutError,
+    ModelServerUnavailableError,
+    ServingError,
+)
 from imgclf.serving.backend import InferenceBackend
 from imgclf.serving.http import api, page, tfserving, v2
 from imgclf.serving.http.admission import AdmissionMiddleware
@@ -42,6 +49,7 @@ from imgclf.serving.http.observability import (
 from imgclf.serving.http.security import TokenBucketLimiter, retry_after_header
 from imgclf.serving.http.settings import ServeSettings
 from imgclf.serving.json_input import describe_errors
+from imgclf.serving.status import HTTP_STATUS, status_for
 
 logger = logging.getLogger(__name__)
 
@@ -200,34 +208,42 @@ def _error_body(request: Request, detail: str) -> dict[str, str]:
     return error_payload(request.url.path, detail)
 
 
+#: The REST service's status for each core error (its V2 routes included); TF Serving's paths
+#: answer by :data:`~imgclf.serving.http.tfserving.TFSERVING_STATUS`.
+REST_STATUS: Mapping[type[Exception], int] = HTTP_STATUS
+
 #: What a client is told when the model server fails (gateway mode): the full message, which
 #: may name internal hosts and addresses, goes to the log under the request's id instead.
-_MODEL_SERVER_DETAILS = {
-    503: "the model server is unavailable; retry after 1 s",
-    504: "the model server did not answer in time; retry later",
+_MODEL_SERVER_DETAILS: Mapping[type[Exception], str] = {
+    ModelServerUnavailableError: "the model server is unavailable; retry after 1 s",
+    ModelServerTimeoutError: "the model server did not answer in time; retry later",
+    ModelServerError: "the model server failed to answer this request",
 }
 
 
-def _public_detail(request: Request, exc: ImgclfError, status: int) -> str:
-    if not isinstance(exc, ModelServerError):
+def _status(path: str, exc: ImgclfError) -> int:
+    tf_serving = path.startswith(tfserving.router.prefix)
+    return status_for(exc, tfserving.TFSERVING_STATUS if tf_serving else REST_STATUS, 500)
+
+
+def _public_detail(request: Request, exc: ImgclfError) -> str:
+    text = status_for(exc, _MODEL_SERVER_DETAILS, None)
+    if text is None:
         return str(exc)
     request_id = request.scope.get("state", {}).get("request_id", "-")
-    text = _MODEL_SERVER_DETAILS.get(status, "the model server failed to answer this request")
     return f"{text} (request id {request_id})"
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ImgclfError)
     async def imgclf_error(request: Request, exc: ImgclfError) -> JSONResponse:
-        status = getattr(exc, "status_code", 500)
-        if isinstance(exc, InputError | ServingError):
-            status = exc.status_code
+        status = _status(request.url.path, exc)
         headers = {}
         if status == 503:  # every 503 says when to come back
             headers["Retry-After"] = retry_after_header(getattr(exc, "retry_after_s", 1.0))
         if status >= 500:
             logger.warning("%s: %s", type(exc).__name__, exc)
-        detail = _public_detail(request, exc, status)
+        detail = _public_detail(request, exc)
         return JSONResponse(_error_body(request, detail), status, headers=headers or None)
 
     @app.exception_handler(ClientDisconnect)

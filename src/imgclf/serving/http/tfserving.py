@@ -4,11 +4,13 @@
 row format; ``{"image_bytes": {"b64": ...}}`` instances and the columnar ``{"inputs": ...}`` form
 are accepted too) and answers ``{"predictions": [[p_0, ..., p_C-1], ...]}``: one probability list
 per image in label order, as a Keras softmax model served by TF Serving would. Labels are listed by
-``GET /v1/models/{name}/metadata``. Errors carry ``{"error": ...}`` as TF Serving's do.
+``GET /v1/models/{name}/metadata``. Errors carry ``{"error": ...}`` as TF Serving's do, with the
+status :data:`TFSERVING_STATUS` gives (the app's error handler looks it up for these paths).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
@@ -20,8 +22,12 @@ from imgclf.serving.http.dependencies import InferenceGuards, Services, Services
 from imgclf.serving.http.inputs import classify_images, decode_base64
 from imgclf.serving.http.jsonbody import JSONBodyRoute
 from imgclf.serving.http.schemas import ERROR_RESPONSES
+from imgclf.serving.status import HTTP_STATUS
 
 router = APIRouter(prefix="/v1/models", tags=["tf-serving"], route_class=JSONBodyRoute)
+#: TF Serving's REST status for each core error: the plain HTTP meaning (TF Serving answers
+#: NOT_FOUND with 404, INVALID_ARGUMENT with 400, UNAVAILABLE with 503).
+TFSERVING_STATUS: Mapping[type[Exception], int] = HTTP_STATUS
 ModelName = Annotated[str, Path(description="Model name", max_length=256)]
 
 

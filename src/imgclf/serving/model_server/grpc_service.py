@@ -2,9 +2,9 @@
 
 The messages and the service come from the stubs ``tritonclient`` ships
 (``tritonclient.grpc.service_pb2``), compiled from Triton's ``grpc_service.proto``; the definitions
-are checked in under ``proto/``. Errors from :mod:`imgclf.errors` become status codes here only:
-bad names, dtypes and shapes -> ``INVALID_ARGUMENT``, unknown model or version -> ``NOT_FOUND``,
-model not loaded -> ``UNAVAILABLE``.
+are checked in under ``proto/``. Errors from :mod:`imgclf.errors` become status codes here only
+(:data:`GRPC_STATUS`): bad names, dtypes and shapes -> ``INVALID_ARGUMENT``, unknown model or
+version -> ``NOT_FOUND``, model not loaded -> ``UNAVAILABLE``.
 
 gRPC caps messages at 4 MiB by default, which a batch of 8 FP32 224x224 images (4.8 MB) already
 exceeds; the server sets both limits explicitly (:data:`DEFAULT_MAX_MESSAGE_BYTES`).
@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import math
 import struct
+from collections.abc import Mapping
 from concurrent import futures
+from types import MappingProxyType
 from typing import Any, NoReturn
 
 import grpc
@@ -23,7 +25,14 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from imgclf import __version__
-from imgclf.errors import ImgclfError, InputError, ModelNotFoundError, ServingError
+from imgclf.errors import (
+    ImgclfError,
+    InputError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    ModelServerUnavailableError,
+    OverloadedError,
+)
 from imgclf.serving.model_server.model import (
     V2_DTYPES,
     OutputTensor,
@@ -31,6 +40,7 @@ from imgclf.serving.model_server.model import (
     ServedModel,
 )
 from imgclf.serving.model_server.repository import ModelRepository
+from imgclf.serving.status import status_for
 
 logger = logging.getLogger(__name__)
 
@@ -197,16 +207,23 @@ def statistics_message(model: ServedModel, message: Any) -> None:
         batch.compute_infer.count, batch.compute_infer.ns = duration.count, duration.ns
 
 
+#: The V2 gRPC status for each core error (errors not listed are INTERNAL, and logged).
+GRPC_STATUS: Mapping[type[Exception], grpc.StatusCode] = MappingProxyType(
+    {
+        ImgclfError: grpc.StatusCode.INTERNAL,
+        InputError: grpc.StatusCode.INVALID_ARGUMENT,
+        ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
+        OverloadedError: grpc.StatusCode.UNAVAILABLE,
+        ModelNotReadyError: grpc.StatusCode.UNAVAILABLE,
+        ModelServerUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    }
+)
+
+
 def _abort(context: grpc.ServicerContext, exc: ImgclfError) -> NoReturn:
-    if isinstance(exc, ModelNotFoundError):
-        code = grpc.StatusCode.NOT_FOUND
-    elif isinstance(exc, InputError):
-        code = grpc.StatusCode.INVALID_ARGUMENT
-    elif isinstance(exc, ServingError) and exc.status_code == 503:
-        code = grpc.StatusCode.UNAVAILABLE
-    else:
+    code = status_for(exc, GRPC_STATUS, grpc.StatusCode.INTERNAL)
+    if code == grpc.StatusCode.INTERNAL:
         logger.error("inference failed: %s", exc)
-        code = grpc.StatusCode.INTERNAL
     context.abort(code, str(exc))
     raise AssertionError("context.abort always raises")  # pragma: no cover
 

@@ -17,13 +17,15 @@ uses by default, as raw little-endian bytes after the JSON header (its length in
 or ``deflate``; they are decompressed incrementally and refused as soon as the output exceeds the
 body limit, so a small body that expands to gigabytes costs no memory. Errors answer
 ``{"error": "..."}`` with 400 (bad request), 404 (unknown model or version), 413 (body too large,
-before or after decompression), 415 (unknown content encoding) or 503 (not ready).
+before or after decompression), 415 (unknown content encoding) or 503 (not ready), as
+:data:`V2_REST_STATUS` maps the core errors.
 """
 
 from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import numpy as np
@@ -35,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from tritonclient.grpc import service_pb2
 
 from imgclf import __version__
-from imgclf.errors import ImgclfError, InputError
+from imgclf.errors import ImageTooLargeError, ImgclfError, InputError, UnsupportedMediaError
 from imgclf.serving.json_input import JSONBodyError, describe_errors, parse_json
 from imgclf.serving.model_server.grpc_service import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -47,8 +49,11 @@ from imgclf.serving.model_server.grpc_service import (
 )
 from imgclf.serving.model_server.model import V2_DTYPES, OutputTensor, RequestedOutput
 from imgclf.serving.model_server.repository import ModelRepository
+from imgclf.serving.status import HTTP_STATUS, status_for
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+#: The V2 REST status for each core error: the plain HTTP meaning, as Triton answers.
+V2_REST_STATUS: Mapping[type[Exception], int] = HTTP_STATUS
 
 
 def create_rest_app(
@@ -59,8 +64,7 @@ def create_rest_app(
 
     @app.exception_handler(ImgclfError)
     async def _error(request: Request, exc: ImgclfError) -> JSONResponse:
-        status = getattr(exc, "status_code", 500)
-        return JSONResponse({"error": str(exc)}, status_code=status)
+        return JSONResponse({"error": str(exc)}, status_for(exc, V2_REST_STATUS, 500))
 
     @app.get("/v2")
     def server_metadata() -> dict[str, Any]:
@@ -163,9 +167,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if encoding == "identity":
         return body
     if encoding not in _WBITS:
-        error = InputError(f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
-        error.status_code = 415
-        raise error
+        raise UnsupportedMediaError(
+            f"Content-Encoding {encoding!r} is not supported; use gzip or deflate"
+        )
     return await run_in_threadpool(decompress_capped, body, encoding, limit)
 
 
@@ -182,8 +186,8 @@ def decompress_capped(body: bytes, encoding: str, limit: int) -> bytes:
     Concatenated gzip members are decompressed one after another, as ``gzip.decompress`` does.
 
     Raises:
-        InputError: 413 when the decompressed body exceeds ``limit``; 400 when the body is not
-            valid or complete ``encoding`` data.
+        ImageTooLargeError: The decompressed body exceeds ``limit``.
+        InputError: The body is not valid or complete ``encoding`` data.
     """
     out = bytearray()
     data = body
@@ -207,10 +211,8 @@ def decompress_capped(body: bytes, encoding: str, limit: int) -> bytes:
             raise InputError("request body has data after the end of the deflate stream")
 
 
-def _too_large(limit: int, what: str = "") -> InputError:
-    error = InputError(f"{what}request body exceeds {limit} bytes; send smaller batches")
-    error.status_code = 413
-    return error
+def _too_large(limit: int, what: str = "") -> ImageTooLargeError:
+    return ImageTooLargeError(f"{what}request body exceeds {limit} bytes; send smaller batches")
 
 
 #: V2 shapes are int64 dimensions.
