@@ -86,6 +86,7 @@ def test_predict_runs_without_extras(tmp_path: Path) -> None:
         (["evaluate", "{bundle}", "--data", "{data}", "--out", "report"], "train"),
         (["export", "--format", "onnx"], "train"),
         (["export", "--format", "tflite"], "train,tflite"),
+        (["data", "download", "intel-scenes", "--dest", "intel"], "kaggle"),
     ],
 )
 def test_command_needing_an_extra_names_it(

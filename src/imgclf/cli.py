@@ -63,6 +63,7 @@ EXTRA_MODULES: dict[str, str] = {
         "train",
     ),
     **dict.fromkeys(("litert_torch", "ai_edge_litert"), "tflite"),
+    "kaggle": "kaggle",
 }
 
 Handler = Callable[[argparse.Namespace], int]

@@ -3,75 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import http.server
 import stat
-import threading
-import time
 import zipfile
-from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import pytest
 
+from dataserver import Server, zip_folder
 from imgclf.data import load_dataset
 from imgclf.data.download import content_digest, download_dataset, safe_extract
 from imgclf.data.sources import KNOWN_DATASETS, DatasetSource, get_source
 from imgclf.errors import ConfigError, DownloadError
 from imgtools import clothing_dir, write_color_dataset
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files from a folder; ``/slow/...`` stalls; records request paths."""
-
-    requests: list[str]
-
-    def do_GET(self) -> None:
-        self.requests.append(self.path)
-        if self.path.startswith("/slow/"):
-            time.sleep(1.5)
-            return
-        super().do_GET()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@dataclasses.dataclass
-class Server:
-    root: Path
-    url: str
-    requests: list[str]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    root = tmp_path / "www"
-    root.mkdir()
-    requests: list[str] = []
-    handler = type("Handler", (QuietHandler,), {"requests": requests})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=root))
-    httpd.daemon_threads = True
-    httpd.block_on_close = False
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield Server(root, f"http://127.0.0.1:{httpd.server_address[1]}", requests)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
-
-
-def zip_folder(folder: Path, archive: Path, top: str) -> None:
-    with zipfile.ZipFile(archive, "w") as zipped:
-        zipped.writestr(f"{top}/", "")
-        for path in sorted(folder.rglob("*")):
-            name = f"{top}/{path.relative_to(folder).as_posix()}"
-            if path.is_dir():
-                zipped.writestr(f"{name}/", "")
-            else:
-                zipped.write(path, name)
 
 
 @pytest.fixture
@@ -248,7 +191,7 @@ def test_registry_entry_for_clothing_small() -> None:
     assert entry.url.startswith("https://github.com/alexeygrigorev/clothing-dataset-small/")
     assert dict(entry.counts) == {"train": 3068, "validation": 341, "test": 372}
     assert entry.license == "CC0-1.0"
-    with pytest.raises(ConfigError, match="known datasets: clothing-small"):
+    with pytest.raises(ConfigError, match="known datasets: cifar10, clothing-small, intel-scenes"):
         get_source("imagenet")
 
 

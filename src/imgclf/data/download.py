@@ -1,10 +1,13 @@
 """Downloading known public datasets, verified, into a folder ``load_dataset`` reads.
 
 The known datasets are a table (:data:`imgclf.data.sources.KNOWN_DATASETS`): name, archive URL,
-licence, and what the content must be: image counts per split and a content digest
-(:func:`content_digest`). A download streams to a temporary folder next to the destination, is
-extracted safely (no paths leaving the folder, no links, size and file-count caps), verified, and
-only then moved into place by a rename: the destination is the whole verified dataset or untouched.
+archive format, licence, and what the content must be: image counts per split, and the archive's
+sha256 and/or a content digest (:func:`content_digest`). A download streams to a temporary folder
+next to the destination, is checked, unpacked safely (zip: no paths leaving the folder, no links,
+size and file-count caps; CIFAR tarballs: read in memory by :mod:`imgclf.data.cifar`), verified,
+and only then moved into place by a rename: the destination is the whole verified dataset or
+untouched. ``kaggle://`` sources are fetched by the official Kaggle client
+(:mod:`imgclf.data.kaggle_source`).
 
 HTTP goes through the standard library's ``urllib`` on purpose: downloading a dataset is a
 once-per-machine step of the base install, and one streamed GET with redirects, timeouts and proxy
@@ -20,20 +23,26 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 from imgclf import __version__
+from imgclf.data.cifar import write_cifar_folders
+from imgclf.data.kaggle_source import KaggleClient, fetch_kaggle
 from imgclf.data.layout import IMAGE_EXTENSIONS, SPLIT_ORDER, files_under, find_layout
 from imgclf.data.sources import DatasetSource, default_destination, get_source
 from imgclf.errors import ConfigError, DatasetError, DownloadError
 
 logger = logging.getLogger(__name__)
+
+#: URL prefix of sources fetched with the official Kaggle client.
+KAGGLE_SCHEME = "kaggle://"
 
 _CHUNK = 1 << 16
 
@@ -72,6 +81,9 @@ def content_digest(root: Path, splits: Iterable[str] = SPLIT_ORDER) -> str:
 def verify_dataset(root: Path, source: DatasetSource) -> None:
     """Check that ``root`` holds exactly the expected images.
 
+    The content digest is checked where the registry pins one; otherwise the counts are the
+    check of the unpacked folder (the archive's sha256, where pinned, was checked before).
+
     Raises:
         DownloadError: The counts per split or the content digest differ from the registry's.
     """
@@ -81,6 +93,8 @@ def verify_dataset(root: Path, source: DatasetSource) -> None:
             f"{source.name}: expected image counts {dict(source.counts)}, found {counts}; the "
             "archive is incomplete or the source changed"
         )
+    if source.digest is None:
+        return
     digest = content_digest(root, source.splits)
     if digest != source.digest:
         raise DownloadError(
@@ -98,6 +112,7 @@ def download_dataset(
     force: bool = False,
     timeout: float = 60.0,
     progress: bool | None = None,
+    kaggle_client: KaggleClient | None = None,
 ) -> Path:
     """Download, verify and unpack a known dataset.
 
@@ -108,9 +123,10 @@ def download_dataset(
         force: Replace ``dest`` if it exists. Without it, an existing verified copy is kept.
         timeout: Seconds to wait for the server to connect or send data.
         progress: Show a progress bar (None: only when stderr is a terminal).
+        kaggle_client: The client for ``kaggle://`` sources (default: the official one).
 
     Returns:
-        The dataset folder (holding ``train/``, ``validation/``, ``test/``).
+        The dataset folder (holding the source's split folders, e.g. ``train/`` and ``test/``).
 
     Raises:
         DownloadError: The download, extraction or verification failed; nothing was written.
@@ -126,12 +142,19 @@ def download_dataset(
             tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
         )
         try:
-            archive = work / "archive.zip"
-            fetch(url or entry.url, archive, entry, timeout=timeout, progress=progress)
-            extracted = work / "extracted"
-            safe_extract(archive, extracted, entry)
-            archive.unlink()
-            root = _dataset_root(extracted, entry)
+            archive = work / "archive"
+            source_url = url or entry.url
+            if source_url.startswith(KAGGLE_SCHEME):
+                fetch_kaggle(
+                    source_url.removeprefix(KAGGLE_SCHEME),
+                    archive,
+                    max_bytes=entry.max_download_bytes,
+                    client=kaggle_client,
+                    progress=sys.stderr.isatty() if progress is None else progress,
+                )
+            else:
+                fetch(source_url, archive, entry, timeout=timeout, progress=progress)
+            root = _unpack(archive, work / "extracted", entry)
             verify_dataset(root, entry)
             _replace_dir(root, target, work)
         finally:
@@ -290,15 +313,68 @@ def _check_members(members: list[zipfile.ZipInfo], dest: Path, entry: DatasetSou
             raise DownloadError(f"refusing archive entry {info.filename!r}: it is a symbolic link")
 
 
+def check_archive(archive: Path, entry: DatasetSource) -> None:
+    """Compare the archive's sha256 with the registry's, where it pins one.
+
+    Raises:
+        DownloadError: The digests differ.
+    """
+    if entry.archive_sha256 is None:
+        return
+    digest = _file_sha256(archive)
+    if digest != entry.archive_sha256:
+        raise DownloadError(
+            f"{entry.name}: the archive's sha256 is {digest}, expected {entry.archive_sha256}; "
+            f"the download is corrupt or the source changed. Retry, or check {entry.homepage}"
+        )
+
+
+def _write_cifar(archive: Path, dest: Path, entry: DatasetSource) -> None:
+    write_cifar_folders(archive, dest, max_member_bytes=entry.max_extracted_bytes)
+
+
+#: Archive format -> the function writing its split folders (``DatasetSource.archive_format``).
+UNPACKERS: dict[str, Callable[[Path, Path, DatasetSource], None]] = {
+    "zip": safe_extract,
+    "cifar-python": _write_cifar,
+}
+
+
+def _unpack(archive: Path, extracted: Path, entry: DatasetSource) -> Path:
+    """Check and unpack ``archive`` by the source's format; the folder holding the splits."""
+    check_archive(archive, entry)
+    try:
+        unpack = UNPACKERS[entry.archive_format]
+    except KeyError:
+        raise ConfigError(
+            f"{entry.name}: unknown archive format {entry.archive_format!r}; known: "
+            f"{', '.join(sorted(UNPACKERS))}"
+        ) from None
+    unpack(archive, extracted, entry)
+    archive.unlink()
+    return _dataset_root(extracted, entry)
+
+
 def _dataset_root(extracted: Path, entry: DatasetSource) -> Path:
-    """The folder holding the split folders inside the unpacked archive."""
+    """The folder holding the split folders inside the unpacked archive.
+
+    Where the archive names or nests its splits differently (``seg_train/seg_train``), the split
+    folders are moved into a new folder as ``train/``, ``test/``, ...; folders that are no split
+    (an unlabelled ``seg_pred``) stay behind and are deleted with the work folder.
+    """
     try:
         layout = find_layout(extracted)
     except DatasetError as exc:
         raise DownloadError(f"{entry.name}: the archive holds no dataset ({exc})") from exc
     if layout.is_single_folder:
         raise DownloadError(f"{entry.name}: the archive holds no {'/'.join(entry.splits)} folders")
-    return layout.root
+    if all(folder == layout.root / name for name, folder in layout.split_dirs.items()):
+        return layout.root
+    root = extracted.parent / "dataset"
+    root.mkdir()
+    for name, folder in layout.split_dirs.items():
+        folder.rename(root / name)
+    return root
 
 
 def _replace_dir(source: Path, target: Path, work: Path) -> None:
