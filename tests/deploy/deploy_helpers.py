@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +273,66 @@ def container_logs(podman: str, names: Sequence[str]) -> str:
 def json_of(result: subprocess.CompletedProcess[str]) -> Any:
     """Parse a command's JSON output."""
     return json.loads(result.stdout)
+
+
+# ---- Dockerfiles ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """One build stage: its base, name and instructions (keyword, arguments)."""
+
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self, keyword: str) -> list[str]:
+        """Arguments of every instruction with this keyword, in order."""
+        return [rest for kw, rest in self.instructions if kw == keyword]
+
+
+@dataclass
+class Dockerfile:
+    """A parsed Dockerfile: global ARGs before the first FROM, then its stages."""
+
+    global_args: list[str]
+    stages: list[Stage]
+
+
+def parse_dockerfile(path: Path) -> Dockerfile:
+    """Parse instructions (joining ``\\`` continuations, skipping comments) into stages."""
+    logical: list[str] = []
+    pending = ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        stripped = raw.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if pending and stripped.startswith("#"):
+            continue
+        if raw.endswith("\\"):
+            pending += raw[:-1] + " "
+            continue
+        logical.append(pending + raw)
+        pending = ""
+    assert not pending, f"{path.name}: dangling line continuation"
+    parsed = Dockerfile(global_args=[], stages=[])
+    for line in logical:
+        keyword, _, rest = line.strip().partition(" ")
+        keyword, rest = keyword.upper(), rest.strip()
+        if keyword == "FROM":
+            match = re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", rest, flags=re.IGNORECASE)
+            assert match, f"{path.name}: cannot parse FROM {rest!r}"
+            parsed.stages.append(Stage(base=match[1], name=match[2]))
+        elif not parsed.stages:
+            assert keyword == "ARG", f"{path.name}: only ARG may come before FROM, got {keyword}"
+            parsed.global_args.append(rest)
+        else:
+            parsed.stages[-1].instructions.append((keyword, rest))
+    return parsed
+
+
+def exec_form(argument: str) -> list[str]:
+    """A JSON exec-form argument (``["a", "b"]``) as a list; fails on the shell form."""
+    value = json.loads(argument)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), argument
+    return value

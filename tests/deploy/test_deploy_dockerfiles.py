@@ -7,82 +7,18 @@ The serving images are also built and run for real in ``test_deploy_compose.py``
 from __future__ import annotations
 
 import fnmatch
-import re
 import shlex
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from deploy_helpers import DOCKER_DIR, REPO_ROOT
+from deploy_helpers import DOCKER_DIR, REPO_ROOT, Dockerfile, exec_form, parse_dockerfile
 
 from imgclf.cli import build_parser
 
 SERVING = ("serve.Dockerfile", "model-server.Dockerfile")
 LAMBDA_DOCKERFILE = REPO_ROOT / "deploy" / "lambda" / "Dockerfile"
 ALL = (*SERVING, "train.Dockerfile")
-
-
-@dataclass
-class Stage:
-    """One build stage: its base, name and instructions (keyword, arguments)."""
-
-    base: str
-    name: str | None
-    instructions: list[tuple[str, str]] = field(default_factory=list)
-
-    def args(self, keyword: str) -> list[str]:
-        """Arguments of every instruction with this keyword, in order."""
-        return [rest for kw, rest in self.instructions if kw == keyword]
-
-
-@dataclass
-class Dockerfile:
-    """A parsed Dockerfile: global ARGs before the first FROM, then its stages."""
-
-    global_args: list[str]
-    stages: list[Stage]
-
-
-def parse_dockerfile(path: Path) -> Dockerfile:
-    """Parse instructions (joining ``\\`` continuations, skipping comments) into stages."""
-    logical: list[str] = []
-    pending = ""
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        stripped = raw.strip()
-        if not pending and (not stripped or stripped.startswith("#")):
-            continue
-        if pending and stripped.startswith("#"):
-            continue
-        if raw.endswith("\\"):
-            pending += raw[:-1] + " "
-            continue
-        logical.append(pending + raw)
-        pending = ""
-    assert not pending, f"{path.name}: dangling line continuation"
-    parsed = Dockerfile(global_args=[], stages=[])
-    for line in logical:
-        keyword, _, rest = line.strip().partition(" ")
-        keyword, rest = keyword.upper(), rest.strip()
-        if keyword == "FROM":
-            match = re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", rest, flags=re.IGNORECASE)
-            assert match, f"{path.name}: cannot parse FROM {rest!r}"
-            parsed.stages.append(Stage(base=match[1], name=match[2]))
-        elif not parsed.stages:
-            assert keyword == "ARG", f"{path.name}: only ARG may come before FROM, got {keyword}"
-            parsed.global_args.append(rest)
-        else:
-            parsed.stages[-1].instructions.append((keyword, rest))
-    return parsed
-
-
-def exec_form(argument: str) -> list[str]:
-    """A JSON exec-form argument (``["a", "b"]``) as a list; fails on the shell form."""
-    import json
-
-    value = json.loads(argument)
-    assert isinstance(value, list) and all(isinstance(v, str) for v in value), argument
-    return value
 
 
 def requirements_for(extras: str) -> list[str]:

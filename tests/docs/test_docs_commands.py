@@ -63,6 +63,10 @@ KNOWN_SKIPS: dict[tuple[str, str], str] = {
     ("docs/deployment.md", "imgclf export my-bundle --format triton --out repo"): (
         "needs an AWS account and a KServe cluster"
     ),
+    (
+        "docs/deployment.md",
+        "aws cloudformation deploy --template-file deploy/ecs/template.yaml --stack-name imgclf",
+    ): "needs an AWS account and a VPC",
     ("docs/deployment.md", "bash ../shared/tools/container-base.sh"): (
         "sets up the machine (root, apt) and runs this test suite itself"
     ),

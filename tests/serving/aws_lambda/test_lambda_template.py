@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cloudformation import cfn_lint
+from cloudformation import load_template as load_cloudformation
+
 TEMPLATE = Path(__file__).resolve().parents[3] / "deploy" / "lambda" / "template.yaml"
 
-cfnlint_decode = pytest.importorskip("cfnlint.decode", reason="needs cfn-lint (dev extra)")
-
-
-def cfn_lint(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from cfnlint.runner import main; sys.exit(main())",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+pytest.importorskip("cfnlint.decode", reason="needs cfn-lint (dev extra)")
 
 
 def load_template() -> dict[str, Any]:
-    template, problems = cfnlint_decode.decode(str(TEMPLATE))
-    assert not problems
-    return template  # type: ignore[no-any-return]
+    return load_cloudformation(TEMPLATE)
 
 
 def statements(function: dict[str, Any]) -> list[dict[str, Any]]:
