@@ -14,7 +14,7 @@ TFLITE_VENV ?= .venv-tflite
 TFLITE_BIN := $(TFLITE_VENV)/bin
 
 .PHONY: help serve install-serve install-dev test test-fast test-containers lint format clean \
-	install-tflite test-tflite \
+	install-tflite test-tflite lock \
 	bench-accuracy bench-runtimes bench-serving bench-reliability bench-gateway bench-lambda
 
 help:
@@ -24,6 +24,7 @@ help:
 	@echo "make test-containers  container tests only (needs podman: ../shared/tools/container-base.sh)"
 	@echo "make test-tflite      TFLite export round trip in its own environment ($(TFLITE_VENV))"
 	@echo "make lint             ruff check, ruff format --check, mypy"
+	@echo "make lock             regenerate the images' dependency locks (deploy/locks) with uv"
 	@echo "make bench-*          benchmarks: accuracy runtimes serving reliability gateway lambda"
 
 $(BIN)/python:
@@ -70,6 +71,11 @@ lint: install-dev
 format: install-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The images' hash-checked dependency locks (deploy/locks), after editing pyproject.toml's
+# dependencies; tests/deploy/test_deploy_locks.py fails until they are current.
+lock: install-dev
+	UV=$(BIN)/uv deploy/locks/update.sh
 
 clean:
 	rm -rf $(VENV) $(TFLITE_VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -7,33 +7,28 @@
 #   docker run --rm -p 127.0.0.1:8000:8000 imgclf-serve \
 #       --model-server grpc://model-server:8001                           # gateway mode
 #
-# No torch: the image installs `imgclf[serve,grpc]` from a wheel built in the first stage.
+# No torch: the image installs `imgclf[serve,grpc]` from a wheel built in its own stage, and the
+# dependencies from the hash-checked lock deploy/locks/serve.txt (`make lock` updates it).
 # BASE_IMAGE must be a Debian-based Python 3.11+ image with `venv` (the official slim image is).
 ARG BASE_IMAGE=python:3.11-slim
 
-# ---- requirements: the dependency list alone, so unrelated pyproject.toml edits keep caches ---
-FROM ${BASE_IMAGE} AS requirements
-ARG EXTRAS=serve,grpc
-COPY pyproject.toml /build/
-# The runtime dependencies and the requested extras, read with the standard library's tomllib.
-RUN python3 -c "import sys, tomllib; p = tomllib.load(open('/build/pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + [r for e in sys.argv[1].split(',') for r in p['optional-dependencies'][e]]))" \
-        "${EXTRAS}" > /build/requirements.txt
-
 # ---- deps: third-party dependencies only, so editing the source keeps this layer cached ----------
+# Exact versions, every file checked against its sha256 (deploy/locks/serve.txt, `make lock`).
 FROM ${BASE_IMAGE} AS deps
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv /opt/venv
-COPY --from=requirements /build/requirements.txt /build/
-RUN /opt/venv/bin/pip install -r /build/requirements.txt
+COPY deploy/locks/serve.txt /build/
+RUN /opt/venv/bin/pip install --require-hashes --no-deps -r /build/serve.txt
 
 # ---- wheel: the imgclf package itself, bundled model included ------------------------------------
 FROM ${BASE_IMAGE} AS wheel
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python3 -m venv /opt/build && /opt/build/bin/pip install "setuptools>=69" wheel
+COPY deploy/locks/build.txt /build/
+RUN python3 -m venv /opt/build \
+    && /opt/build/bin/pip install --require-hashes --no-deps -r /build/build.txt
 WORKDIR /src
 COPY pyproject.toml README.md* ./
 COPY src ./src
@@ -42,7 +37,9 @@ RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist .
 # ---- venv: dependencies + imgclf; pip only installs the wheel and leaves with it ---------------
 FROM deps AS venv
 COPY --from=wheel /dist /tmp/dist
+# pip check: a lock that misses a dependency fails the build, not the first request.
 RUN /opt/venv/bin/pip install --no-deps /tmp/dist/*.whl \
+    && /opt/venv/bin/pip check \
     && /opt/venv/bin/pip uninstall --yes pip setuptools \
     && rm -rf /tmp/dist
 

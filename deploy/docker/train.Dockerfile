@@ -10,32 +10,27 @@
 # and a CUDA-capable BASE_IMAGE. No HEALTHCHECK: this image runs jobs, not a server.
 ARG BASE_IMAGE=python:3.11-slim
 
-# ---- requirements: the dependency list alone, so unrelated pyproject.toml edits keep caches ---
-FROM ${BASE_IMAGE} AS requirements
-ARG EXTRAS=train
-COPY pyproject.toml /build/
-# The runtime dependencies and the requested extras, read with the standard library's tomllib.
-RUN python3 -c "import sys, tomllib; p = tomllib.load(open('/build/pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + [r for e in sys.argv[1].split(',') for r in p['optional-dependencies'][e]]))" \
-        "${EXTRAS}" > /build/requirements.txt
-
 # ---- deps: third-party dependencies only, so editing the source keeps this layer cached ----------
 FROM ${BASE_IMAGE} AS deps
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-# torch first: the biggest, slowest layer, from the CPU wheel index unless told otherwise.
+# torch first: the biggest, slowest layer, from the CPU wheel index unless told otherwise, at the
+# versions the lock was resolved with (deploy/locks/train-torch.txt; by version only: the lock is
+# made where that index is out of reach). Everything else: exact versions, sha256-checked.
+COPY deploy/locks/train-torch.txt deploy/locks/train.txt /build/
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --index-url "${TORCH_INDEX_URL}" torch torchvision
-COPY --from=requirements /build/requirements.txt /build/
-RUN /opt/venv/bin/pip install -r /build/requirements.txt
+    && /opt/venv/bin/pip install --no-deps --index-url "${TORCH_INDEX_URL}" -r /build/train-torch.txt
+RUN /opt/venv/bin/pip install --require-hashes --no-deps -r /build/train.txt
 
 # ---- wheel: the imgclf package itself ------------------------------------------------------------
 FROM ${BASE_IMAGE} AS wheel
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python3 -m venv /opt/build && /opt/build/bin/pip install "setuptools>=69" wheel
+COPY deploy/locks/build.txt /build/
+RUN python3 -m venv /opt/build \
+    && /opt/build/bin/pip install --require-hashes --no-deps -r /build/build.txt
 WORKDIR /src
 COPY pyproject.toml README.md* ./
 COPY src ./src
@@ -44,7 +39,9 @@ RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist .
 # ---- venv: dependencies + imgclf (setuptools stays: torch compiles extensions with it) ----------
 FROM deps AS venv
 COPY --from=wheel /dist /tmp/dist
+# pip check: a lock that misses a dependency fails the build, not the first request.
 RUN /opt/venv/bin/pip install --no-deps /tmp/dist/*.whl \
+    && /opt/venv/bin/pip check \
     && /opt/venv/bin/pip uninstall --yes pip \
     && rm -rf /tmp/dist
 
