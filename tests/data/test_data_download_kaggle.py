@@ -112,7 +112,9 @@ def test_oversized_archive_is_refused(tmp_path: Path, intel: DatasetSource) -> N
         download_dataset(entry, tmp_path / "intel", progress=False, kaggle_client=client)
 
 
-def test_fake_matches_the_official_client() -> None:
+def test_fake_matches_the_official_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The client makes its config folder when imported: here, not in the user's home.
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle-config"))
     from kaggle.api.kaggle_api_extended import KaggleApi
 
     for name in ("authenticate", "dataset_download_files"):
