@@ -143,17 +143,7 @@ def download_dataset(
         )
         try:
             archive = work / "archive"
-            source_url = url or entry.url
-            if source_url.startswith(KAGGLE_SCHEME):
-                fetch_kaggle(
-                    source_url.removeprefix(KAGGLE_SCHEME),
-                    archive,
-                    max_bytes=entry.max_download_bytes,
-                    client=kaggle_client,
-                    progress=sys.stderr.isatty() if progress is None else progress,
-                )
-            else:
-                fetch(source_url, archive, entry, timeout=timeout, progress=progress)
+            _fetch_archive(url or entry.url, archive, entry, timeout, progress, kaggle_client)
             root = _unpack(archive, work / "extracted", entry)
             verify_dataset(root, entry)
             _replace_dir(root, target, work)
@@ -166,6 +156,27 @@ def download_dataset(
         ) from exc
     logger.info("%s: verified and saved to %s", entry.name, target)
     return target
+
+
+def _fetch_archive(
+    url: str,
+    archive: Path,
+    entry: DatasetSource,
+    timeout: float,
+    progress: bool | None,
+    kaggle_client: KaggleClient | None,
+) -> None:
+    """Fetch ``url`` to ``archive``: ``kaggle://`` with the Kaggle client, the rest by HTTP."""
+    if url.startswith(KAGGLE_SCHEME):
+        fetch_kaggle(
+            url.removeprefix(KAGGLE_SCHEME),
+            archive,
+            max_bytes=entry.max_download_bytes,
+            client=kaggle_client,
+            progress=sys.stderr.isatty() if progress is None else progress,
+        )
+    else:
+        fetch(url, archive, entry, timeout=timeout, progress=progress)
 
 
 def _reuse_existing(target: Path, entry: DatasetSource) -> Path:
