@@ -24,6 +24,8 @@ from imgclf.errors import (
 )
 from imgclf.inference import ClassScore, Prediction, Predictor
 from imgclf.inference.predictions import softmax, to_predictions
+from imgclf.inference.predictor import select_artifact
+from imgclf.model_repository import SERVABLE_FORMATS
 
 ImageFactory = Callable[..., bytes]
 
@@ -273,3 +275,15 @@ def test_inference_never_imports_torch(tiny_bundle: Path, image_bytes: ImageFact
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == ""
+
+
+def test_one_artifact_choice_for_every_format_filter(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    lite = tiny_bundle / "model.tflite"
+    lite.write_bytes(b"not really a tflite model")
+    bundle.add_artifact("tflite", lite, format="tflite")
+    assert select_artifact(bundle) == "onnx"
+    del bundle.manifest.artifacts["onnx"]
+    assert select_artifact(bundle) == "tflite"
+    with pytest.raises(BundleError, match=r"no onnx artifact \(has: tflite\).*imgclf export"):
+        select_artifact(bundle, formats=SERVABLE_FORMATS)  # what the Triton export serves

@@ -1,6 +1,7 @@
 """Write a bundle's ONNX model as an NVIDIA Triton / KServe model repository.
 
-The layout is the one Triton and ``imgclf model-server`` both serve::
+The layout, names and parameters are the contract in :mod:`imgclf.model_repository`, which
+Triton and ``imgclf model-server`` both serve::
 
     <repo>/<model>/config.pbtxt        Triton ModelConfig (text protobuf)
     <repo>/<model>/labels.txt          one label per line, in output order (for classification)
@@ -31,14 +32,15 @@ from imgclf import __version__
 from imgclf.bundle import Bundle, load_bundle
 from imgclf.errors import BundleError, ConfigError, ExportError
 from imgclf.export.artifacts import copy_atomically, write_text_atomically
-
-CONFIG_NAME = "config.pbtxt"
-LABELS_NAME = "labels.txt"
-METADATA_NAME = "imgclf.json"
-MODEL_FILENAME = "model.onnx"
-#: ``parameters`` keys carrying what a client needs to talk to the model.
-LABELS_PARAMETER = "imgclf.labels"
-PREPROCESSING_PARAMETER = "imgclf.preprocessing"
+from imgclf.inference.predictor import select_artifact
+from imgclf.model_repository import (
+    CONFIG_NAME,
+    LABELS_NAME,
+    METADATA_NAME,
+    MODEL_FILENAME,
+    SERVABLE_FORMATS,
+    config_parameters,
+)
 
 #: ONNX Runtime tensor types -> Triton data types.
 ORT_TO_TRITON: dict[str, str] = {
@@ -51,8 +53,8 @@ ORT_TO_TRITON: dict[str, str] = {
     "tensor(int64)": "TYPE_INT64",
 }
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-#: Bundle artifacts a repository can serve, in the order ``auto`` picks them: int8 first, as the
-#: Predictor (``imgclf serve``, ``imgclf model-server --bundle``) does.
+#: Bundle artifacts ``artifact=`` may name; ``auto`` picks among the ONNX ones as the Predictor
+#: (``imgclf serve``, ``imgclf model-server --bundle``) does, int8 first.
 TRITON_ARTIFACTS: tuple[str, ...] = ("onnx-int8", "onnx")
 
 
@@ -98,7 +100,7 @@ def export_triton_repository(
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     name = model_name or loaded.manifest.name
     _check_options(name, version, max_batch_size, artifact, max_queue_delay_us)
-    artifact = choose_artifact(loaded, artifact)
+    artifact = select_artifact(loaded, artifact, formats=SERVABLE_FORMATS)
     source = loaded.artifact_path(artifact)
     inputs, outputs = read_onnx_signature(source, batched=max_batch_size > 0)
     model_dir = Path(repo_dir) / name
@@ -116,10 +118,7 @@ def export_triton_repository(
         outputs=outputs,
         max_batch_size=max_batch_size,
         max_queue_delay_us=max_queue_delay_us,
-        parameters={
-            LABELS_PARAMETER: json.dumps(loaded.labels),
-            PREPROCESSING_PARAMETER: json.dumps(loaded.preprocess_config.to_dict()),
-        },
+        parameters=config_parameters(loaded.labels, loaded.preprocess_config),
     )
     write_text_atomically(model_dir / CONFIG_NAME, config)
     return model_dir
@@ -148,24 +147,6 @@ def export_triton(
         version=version,
         max_batch_size=max_batch_size,
         artifact=artifact,
-    )
-
-
-def choose_artifact(bundle: Bundle, artifact: str = "auto") -> str:
-    """The ONNX artifact to serve: ``artifact``, or for ``auto`` the first the bundle has.
-
-    Raises:
-        BundleError: ``auto`` and the bundle has no ONNX model (the message says how to make one).
-    """
-    if artifact != "auto":
-        return artifact
-    for key in TRITON_ARTIFACTS:
-        if key in bundle.manifest.artifacts:
-            return key
-    raise BundleError(
-        f"bundle {bundle.root} has no ONNX model to serve "
-        f"(has: {', '.join(bundle.manifest.artifacts) or 'nothing'}); "
-        f"create one with `imgclf export {bundle.root} --format onnx`"
     )
 
 

@@ -8,7 +8,7 @@ test metrics (:mod:`imgclf.preprocessing`). It never imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +32,19 @@ AUTO_ARTIFACTS: tuple[str, ...] = ("onnx-int8", "onnx", "tflite")
 MAX_RUN_BATCH = 64
 
 
-def select_artifact(bundle: Bundle, artifact: str = "auto") -> str:
+def select_artifact(
+    bundle: Bundle, artifact: str = "auto", *, formats: Collection[str] | None = None
+) -> str:
     """Pick the artifact key to run: the requested one, or the best available for ``"auto"``.
+
+    This is the one artifact choice: the Predictor, Lambda, evaluation and the Triton export
+    (``formats=("onnx",)``) all make it here.
+
+    Args:
+        bundle: The bundle to choose from.
+        artifact: An artifact key, or ``"auto"``: the first of :data:`AUTO_ARTIFACTS` the bundle
+            has, else the first (by key) of any other runnable format.
+        formats: Artifact formats ``"auto"`` may pick; None means every runtime's format.
 
     Raises:
         BundleError: The bundle has no runnable artifact, or not the requested one.
@@ -42,14 +53,16 @@ def select_artifact(bundle: Bundle, artifact: str = "auto") -> str:
     if artifact != "auto":
         bundle.artifact_path(artifact)  # raises a BundleError naming the available ones
         return artifact
+    allowed = RUNTIMES.keys() if formats is None else formats
+    runnable = {k for k, info in available.items() if info.format in allowed}
     for key in AUTO_ARTIFACTS:
-        if key in available:
+        if key in runnable:
             return key
-    runnable = [k for k, info in available.items() if info.format in RUNTIMES]
     if runnable:
         return sorted(runnable)[0]
+    kind = "runnable" if formats is None else "/".join(formats)
     raise BundleError(
-        f"bundle {bundle.root} has no runnable artifact (has: {', '.join(available) or 'none'}); "
+        f"bundle {bundle.root} has no {kind} artifact (has: {', '.join(available) or 'none'}); "
         f"export one with `imgclf export {bundle.root} --format onnx`"
     )
 

@@ -37,7 +37,6 @@ and keepalive pings find a peer that vanished without closing its connections.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -56,13 +55,17 @@ from imgclf.errors import (
     ModelServerTimeoutError,
     ModelServerUnavailableError,
 )
-from imgclf.export.triton import LABELS_PARAMETER, PREPROCESSING_PARAMETER
+from imgclf.model_repository import (
+    LABELS_PARAMETER,
+    PIXELS_INPUT,
+    PREPROCESSING_PARAMETER,
+    PROBABILITIES_OUTPUT,
+    read_parameters,
+)
 from imgclf.preprocessing import PreprocessConfig, normalize
 
 logger = logging.getLogger(__name__)
 
-PIXELS_INPUT = "pixels"
-PROBABILITIES_OUTPUT = "probabilities"
 #: 64 MiB, matching the model server: gRPC's 4 MiB default is exceeded by 8 FP32 224px images.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: Keepalive ping interval; the model server accepts pings this often (``server_options``).
@@ -340,10 +343,8 @@ def describe_model(metadata: Any, config: Any, target: str) -> RemoteModel:
             f"model {metadata.name!r} on {target} has no {missing} config parameters; export its "
             "repository with `imgclf export BUNDLE --format triton`"
         )
-    labels = [str(label) for label in json.loads(params[LABELS_PARAMETER].string_value)]
-    preprocess = PreprocessConfig.from_dict(
-        json.loads(params[PREPROCESSING_PARAMETER].string_value)
-    )
+    labels, preprocess = read_parameters({key: params[key].string_value for key in params})
+    assert labels is not None and preprocess is not None  # both checked present above
     inputs = {t.name: t for t in metadata.inputs}
     if PIXELS_INPUT in inputs and inputs[PIXELS_INPUT].datatype == "UINT8":
         input_name, datatype = PIXELS_INPUT, "UINT8"

@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _export_if_new(bundle: Path, repository: Path, model_name: str | None) -> None:
     from imgclf.bundle import load_bundle
-    from imgclf.export.triton import CONFIG_NAME, export_triton_repository
+    from imgclf.export.triton import export_triton_repository
+    from imgclf.model_repository import CONFIG_NAME
 
     loaded = load_bundle(bundle)
     name = model_name or loaded.manifest.name

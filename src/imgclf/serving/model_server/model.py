@@ -24,15 +24,18 @@ from typing import Any
 import numpy as np
 
 from imgclf.errors import BundleError, InputError
-from imgclf.export.triton import LABELS_PARAMETER, METADATA_NAME, PREPROCESSING_PARAMETER
+from imgclf.model_repository import (
+    METADATA_NAME,
+    PIXELS_INPUT,
+    PROBABILITIES_OUTPUT,
+    read_parameters,
+)
 from imgclf.preprocessing import PreprocessConfig, normalize
 from imgclf.serving.model_server.batching import DynamicBatcher
 from imgclf.serving.model_server.stats import ModelStats
 
 logger = logging.getLogger(__name__)
 
-PIXELS_INPUT = "pixels"
-PROBABILITIES_OUTPUT = "probabilities"
 #: V2 protocol data types <-> numpy dtypes for the tensors this server exchanges.
 V2_DTYPES: dict[str, np.dtype[Any]] = {
     "FP32": np.dtype(np.float32),
@@ -259,22 +262,23 @@ def read_model_info(model_dir: Path, config: Any) -> tuple[list[str], Preprocess
             info = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise BundleError(f"{meta_path}: cannot read ({exc})") from exc
-    params = config.parameters
+    params = {key: config.parameters[key].string_value for key in config.parameters}
+    param_labels, param_preprocess = read_parameters(params)
     labels = info.get("labels")
-    if labels is None and LABELS_PARAMETER in params:
-        labels = json.loads(params[LABELS_PARAMETER].string_value)
+    if labels is None:
+        labels = param_labels
     if labels is None and config.output and config.output[0].label_filename:
         label_path = model_dir / config.output[0].label_filename
         labels = label_path.read_text(encoding="utf-8").splitlines()
-    preprocessing = info.get("preprocessing")
-    if preprocessing is None and PREPROCESSING_PARAMETER in params:
-        preprocessing = json.loads(params[PREPROCESSING_PARAMETER].string_value)
-    if not labels or preprocessing is None:
+    preprocess = param_preprocess
+    if info.get("preprocessing") is not None:
+        preprocess = PreprocessConfig.from_dict(info["preprocessing"])
+    if not labels or preprocess is None:
         raise BundleError(
             f"{model_dir}: labels or preprocessing missing; re-export the model with "
             "`imgclf export BUNDLE --format triton`"
         )
-    return [str(label) for label in labels], PreprocessConfig.from_dict(preprocessing)
+    return [str(label) for label in labels], preprocess
 
 
 def _check_signature(

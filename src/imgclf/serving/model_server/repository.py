@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.errors import BundleError, ModelNotFoundError, ModelNotReadyError
-from imgclf.export.triton import CONFIG_NAME, MODEL_FILENAME
+from imgclf.model_repository import CONFIG_NAME, MODEL_FILENAME
 from imgclf.serving.model_server.model import ServedModel
 
 logger = logging.getLogger(__name__)
