@@ -23,7 +23,7 @@ help:
 	@echo "make test-fast        the same without the slow tests (containers, browser, real data)"
 	@echo "make test-containers  container tests only (needs podman: ../shared/tools/container-base.sh)"
 	@echo "make test-tflite      TFLite export round trip in its own environment ($(TFLITE_VENV))"
-	@echo "make lint             ruff check, ruff format --check, mypy"
+	@echo "make lint             ruff check, ruff format --check, mypy, lint-imports (layers)"
 	@echo "make lock             regenerate the images' dependency locks (deploy/locks) with uv"
 	@echo "make bench-*          benchmarks: accuracy runtimes serving reliability gateway lambda"
 
@@ -67,6 +67,7 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install-dev
 	$(BIN)/ruff format .

@@ -83,8 +83,8 @@ def resolve_bundle(requested: Path | None, workdir: Path) -> tuple[Path, str]:
 
 def export_onnx_copy(source: Path, root: Path) -> Path:
     """A serving copy of a trained bundle: its manifest plus an ONNX export of its weights."""
+    from imgclf.backbones import load_torch_model
     from imgclf.bundle import Bundle, load_bundle
-    from imgclf.training.models import load_torch_model
 
     bundle = load_bundle(source)
     manifest = bundle.manifest.model_copy(deep=True)
@@ -98,8 +98,8 @@ def export_onnx_copy(source: Path, root: Path) -> Path:
 
 def build_lite0_bundle(root: Path) -> Path:
     """A Lite0 bundle (10 classes, ImageNet backbone, untrained head) exported to ONNX."""
+    from imgclf.backbones import create_model, default_preprocess_config
     from imgclf.bundle import Bundle, Manifest
-    from imgclf.training.models import create_model, default_preprocess_config
 
     classes = sorted(d.name for d in (clothing_dir() / "test").iterdir() if d.is_dir())
     config = default_preprocess_config("lite0")

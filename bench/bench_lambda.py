@@ -87,8 +87,8 @@ def build_lite0_bundle(root: Path) -> Path:
     """A Lite0 bundle (10 classes, ImageNet backbone, untrained head) exported to ONNX."""
     import torch
 
+    from imgclf.backbones import create_model, default_preprocess_config
     from imgclf.bundle import Bundle, Manifest
-    from imgclf.training.models import create_model, default_preprocess_config
 
     classes = sorted(d.name for d in (clothing_dir() / "test").iterdir() if d.is_dir())
     model = create_model("lite0", len(classes)).eval()

@@ -77,7 +77,7 @@ import torch
 torch.set_num_threads(2)
 from imgclf.bundle import load_bundle
 from imgclf.preprocessing import preprocess
-from imgclf.training.models import load_torch_model
+from imgclf.backbones import load_torch_model
 bundle = load_bundle(sys.argv[1], verify=False)
 model = load_torch_model(bundle)
 with torch.inference_mode():
@@ -93,7 +93,7 @@ def build_stand_in(work: Path) -> Path:
 
     from imgclf.bundle import Bundle, Manifest
     from imgclf.export.api import export_bundle
-    from imgclf.training.models import create_model, default_preprocess_config
+    from imgclf.backbones import create_model, default_preprocess_config
 
     root = work / "stand-in-lite0"
     if (root / "model.int8.onnx").is_file():
@@ -137,7 +137,7 @@ def load_runtimes(bundle_dir: Path, threads: int, with_torch: bool) -> list[Runt
     if with_torch and "pytorch" in bundle.manifest.artifacts:
         import torch
 
-        from imgclf.training.models import load_torch_model
+        from imgclf.backbones import load_torch_model
 
         torch.set_num_threads(threads)
         model = load_torch_model(bundle)

@@ -231,9 +231,9 @@ def test_report_goes_next_to_the_bundle_by_default(
 def torch_bundle(tmp_path: Path) -> Path:
     """A bundle holding only PyTorch weights: an untrained Lite0 with a 3-class head, 32 px."""
     torch = pytest.importorskip("torch")
+    from imgclf.backbones import create_model
     from imgclf.bundle import Bundle, Manifest
     from imgclf.preprocessing import PreprocessConfig
-    from imgclf.training.models import create_model
 
     torch.manual_seed(0)
     model = create_model("tf_efficientnet_lite0", 3, pretrained=False)
@@ -259,10 +259,10 @@ def test_pytorch_bundle_end_to_end(
 ) -> None:
     import torch
 
+    from imgclf.backbones import load_torch_model
     from imgclf.bundle import load_bundle
     from imgclf.evaluation.metrics import compute_metrics
     from imgclf.preprocessing import preprocess_batch
-    from imgclf.training.models import load_torch_model
 
     out = tmp_path / "report"
     argv = ["--data", str(color_dataset), "--out", str(out), "--batch-size", "5"]

@@ -82,9 +82,9 @@ def build_torch_bundle(root: Path) -> Path:
     """Write a bundle with a Lite0 colour classifier (3 classes, 64 px) as ``model.pt``."""
     import torch
 
+    from imgclf.backbones import create_model
     from imgclf.bundle import Bundle, Manifest
     from imgclf.preprocessing import PreprocessConfig
-    from imgclf.training.models import create_model
 
     torch.manual_seed(0)
     model = create_model("tf_efficientnet_lite0", len(LABELS), pretrained=False).eval()

@@ -24,7 +24,7 @@ onnx = pytest.importorskip("onnx")
 
 
 def test_onnx_round_trip_matches_pytorch(onnx_bundle: Path, tmp_path: Path) -> None:
-    from imgclf.training.models import load_torch_model
+    from imgclf.backbones import load_torch_model
 
     bundle = load_bundle(onnx_bundle)
     info = bundle.manifest.artifacts["onnx"]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from imgclf.backbones import create_model, load_torch_model
 from imgclf.bundle import load_bundle
 from imgclf.cli import main
 from imgclf.errors import ConfigError, DatasetError, WeightsUnavailableError
-from imgclf.training.models import create_model, load_torch_model
 from imgclf.training.recipe import TrainConfig
 from imgclf.training.trainer import TrainResult, train
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from html import escape
 
 from imgclf.evaluation.metrics import SplitMetrics
-from imgclf.evaluation.report import GalleryItem, ReportData
+from imgclf.evaluation.results import GalleryItem, ReportData
 
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d1d1f;

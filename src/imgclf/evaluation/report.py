@@ -19,7 +19,6 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,15 @@ from imgclf.data.layout import SPLIT_ORDER
 from imgclf.errors import InputError
 from imgclf.evaluation import plots
 from imgclf.evaluation.metrics import SplitMetrics
-from imgclf.evaluation.results import Mistake, SplitPredictions, worst_mistakes
+from imgclf.evaluation.render import render_html, render_markdown
+from imgclf.evaluation.results import (
+    GalleryItem,
+    Gap,
+    Mistake,
+    ReportData,
+    SplitPredictions,
+    worst_mistakes,
+)
 
 REPORT_JSON = "evaluation.json"
 REPORT_HTML = "report.html"
@@ -40,63 +47,6 @@ REPORT_MD = "report.md"
 THUMBNAIL_SIZE = 160
 #: Version of the evaluation.json layout.
 REPORT_FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class GalleryItem:
-    """A mistake and its thumbnail file (relative to the report directory)."""
-
-    mistake: Mistake
-    thumbnail: str
-
-
-@dataclass(frozen=True)
-class Gap:
-    """How much worse the model does on a later split than on an earlier one.
-
-    Attributes:
-        first: The earlier split (e.g. ``train``).
-        second: The later split (e.g. ``test``).
-        top1_drop: ``top1(first) - top1(second)``; positive means worse on ``second``.
-        loss_increase: ``loss(second) - loss(first)``; positive means worse on ``second``.
-        source: Where the numbers come from: ``evaluation`` when both splits were evaluated
-            here, otherwise which split's numbers are the ones recorded in the bundle manifest
-            at training (e.g. ``train as recorded at training``).
-    """
-
-    first: str
-    second: str
-    top1_drop: float
-    loss_increase: float
-    source: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {
-            "from": self.first,
-            "to": self.second,
-            "top1_drop": self.top1_drop,
-            "loss_increase": self.loss_increase,
-            "source": self.source,
-        }
-
-
-@dataclass
-class ReportData:
-    """Everything the HTML and Markdown renderers show."""
-
-    manifest: Manifest
-    results: dict[str, SplitMetrics]
-    artifact: str | None
-    data_root: Path | None
-    created_at: datetime
-    skipped: dict[str, int]
-    gaps: list[Gap]
-    gallery: dict[str, list[GalleryItem]]
-    problems: list[DatasetProblem]
-    notes: list[str]
-    figures: dict[str, Any] = field(default_factory=dict)
-    has_history: bool = False
 
 
 def generalization_gaps(
@@ -264,8 +214,6 @@ def write_report(
     Returns:
         Path of report.html.
     """
-    from imgclf.evaluation.render import render_html, render_markdown
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     predictions = predictions or {}

@@ -1,14 +1,22 @@
-"""Predictions of one split, and the mistakes worth looking at first."""
+"""Predictions of one split, the mistakes worth looking at first, and what a report shows.
+
+The report data classes live here, below both :mod:`~imgclf.evaluation.report` (which builds
+them and writes the files) and :mod:`~imgclf.evaluation.render` (which turns them into HTML and
+Markdown), so neither of those imports the other's caller.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from imgclf.bundle import Manifest
 from imgclf.data import DatasetProblem, ImageRecord
+from imgclf.evaluation.metrics import SplitMetrics
 
 
 @dataclass
@@ -91,3 +99,60 @@ def worst_mistakes(
         )
         for i in order
     ]
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """A mistake and its thumbnail file (relative to the report directory)."""
+
+    mistake: Mistake
+    thumbnail: str
+
+
+@dataclass(frozen=True)
+class Gap:
+    """How much worse the model does on a later split than on an earlier one.
+
+    Attributes:
+        first: The earlier split (e.g. ``train``).
+        second: The later split (e.g. ``test``).
+        top1_drop: ``top1(first) - top1(second)``; positive means worse on ``second``.
+        loss_increase: ``loss(second) - loss(first)``; positive means worse on ``second``.
+        source: Where the numbers come from: ``evaluation`` when both splits were evaluated
+            here, otherwise which split's numbers are the ones recorded in the bundle manifest
+            at training (e.g. ``train as recorded at training``).
+    """
+
+    first: str
+    second: str
+    top1_drop: float
+    loss_increase: float
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "from": self.first,
+            "to": self.second,
+            "top1_drop": self.top1_drop,
+            "loss_increase": self.loss_increase,
+            "source": self.source,
+        }
+
+
+@dataclass
+class ReportData:
+    """Everything the HTML and Markdown renderers show."""
+
+    manifest: Manifest
+    results: dict[str, SplitMetrics]
+    artifact: str | None
+    data_root: Path | None
+    created_at: datetime
+    skipped: dict[str, int]
+    gaps: list[Gap]
+    gallery: dict[str, list[GalleryItem]]
+    problems: list[DatasetProblem]
+    notes: list[str]
+    figures: dict[str, Any] = field(default_factory=dict)
+    has_history: bool = False

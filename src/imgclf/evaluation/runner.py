@@ -2,7 +2,7 @@
 
 The model runs through the same code serving uses: ONNX and TFLite artifacts through
 :class:`~imgclf.inference.predictor.Predictor`, the PyTorch weights through
-:func:`~imgclf.training.models.load_torch_model`; both are fed pixels from
+:func:`~imgclf.backbones.load_torch_model`; both are fed pixels from
 :func:`imgclf.preprocessing.load_pixels`, exactly as in training-time validation and in serving.
 An image that cannot be read is skipped and reported with its reason, never fatal.
 """
@@ -160,7 +160,7 @@ def _torch_probabilities(bundle: Bundle) -> Probabilities:
     """A function running the bundle's PyTorch weights on uint8 pixels."""
     import torch
 
-    from imgclf.training.models import load_torch_model
+    from imgclf.backbones import load_torch_model
 
     model = load_torch_model(bundle)
     config = bundle.preprocess_config

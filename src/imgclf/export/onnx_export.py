@@ -141,7 +141,7 @@ def export_onnx(
         BundleError: The bundle has no usable PyTorch weights.
         ExportError: Export, the ONNX checker or the parity check failed.
     """
-    from imgclf.training.models import load_torch_model
+    from imgclf.backbones import load_torch_model
 
     require_pytorch(bundle)
     model = load_torch_model(bundle)

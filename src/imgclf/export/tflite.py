@@ -56,7 +56,7 @@ def export_tflite(
     """
     import torch
 
-    from imgclf.training.models import load_torch_model
+    from imgclf.backbones import load_torch_model
 
     litert_torch = _litert_torch()
     require_pytorch(bundle)

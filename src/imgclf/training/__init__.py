@@ -16,7 +16,7 @@ from imgclf._lazy import lazy_exports
 __all__ = ["TrainConfig", "TrainResult", "create_model", "load_torch_model", "train"]
 
 if TYPE_CHECKING:
-    from imgclf.training.models import create_model, load_torch_model
+    from imgclf.backbones import create_model, load_torch_model
     from imgclf.training.recipe import TrainConfig
     from imgclf.training.trainer import TrainResult, train
 
@@ -24,8 +24,8 @@ _LAZY: dict[str, str] = {
     "TrainConfig": "imgclf.training.recipe",
     "TrainResult": "imgclf.training.trainer",
     "train": "imgclf.training.trainer",
-    "create_model": "imgclf.training.models",
-    "load_torch_model": "imgclf.training.models",
+    "create_model": "imgclf.backbones",
+    "load_torch_model": "imgclf.backbones",
 }
 
 

