@@ -100,6 +100,19 @@ def render(result: object, command: str, wall_s: float, load_before: str) -> str
     return "\n".join(lines)
 
 
+def facts(result: object) -> dict[str, str]:
+    """The numbers README quotes (``<!-- bench:accuracy.* -->``), as it shows them."""
+    from imgclf.training.trainer import TrainResult
+
+    assert isinstance(result, TrainResult)
+    metrics = result.metrics
+    return {
+        "accuracy.test_top1": f"{metrics['test']['top1']:.1%}",
+        "accuracy.validation_top1": f"{metrics['validation']['top1']:.1%}",
+        "accuracy.train_minutes": f"{result.timings['total_s'] / 60:.1f}",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=clothing_dir())
@@ -125,7 +138,7 @@ def main() -> None:
         text = render(result, args.command or "imgclf train", timings["total_s"], "not recorded")
         print(text)
         if not args.no_docs:
-            update_docs(SECTION, text)
+            update_docs(SECTION, text, facts(result))
         return
     from imgclf.training.recipe import TrainConfig
     from imgclf.training.trainer import train
@@ -142,7 +155,7 @@ def main() -> None:
     text = render(result, command.strip(), wall_s, load_before)
     print(text)
     if not args.no_docs:
-        update_docs(SECTION, text)
+        update_docs(SECTION, text, facts(result))
 
 
 if __name__ == "__main__":

@@ -91,9 +91,9 @@ def build_stand_in(work: Path) -> Path:
     """A Lite0 bundle with ImageNet weights and a random 10-class head, exported to ONNX."""
     import torch
 
+    from imgclf.backbones import create_model, default_preprocess_config
     from imgclf.bundle import Bundle, Manifest
     from imgclf.export.api import export_bundle
-    from imgclf.backbones import create_model, default_preprocess_config
 
     root = work / "stand-in-lite0"
     if (root / "model.int8.onnx").is_file():
@@ -249,6 +249,19 @@ def render(runtimes: list[Runtime], meta: dict[str, str]) -> str:
     return "\n".join([*intro, *lines, ""])
 
 
+def facts(runtimes: list[Runtime]) -> dict[str, str]:
+    """The numbers README quotes (``<!-- bench:runtimes.* -->``), as it shows them."""
+    out: dict[str, str] = {}
+    for key, name in (("int8", "ONNX Runtime int8"), ("fp32", "ONNX Runtime fp32")):
+        for r in (r for r in runtimes if r.name == name):
+            out[f"runtimes.{key}_size_mb"] = f"{r.size_mb:.3g}"
+            out[f"runtimes.{key}_p50_ms"] = f"{statistics.median(r.single_ms):.1f}"
+            out[f"runtimes.{key}_jpeg_p50_ms"] = f"{statistics.median(r.e2e_ms):.1f}"
+            out[f"runtimes.{key}_batch16_ips"] = f"{statistics.median(r.batch_ips):.0f}"
+            out[f"runtimes.{key}_peak_rss_mb"] = f"{statistics.median(r.rss_mb):.0f}"
+    return out
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", type=Path, help="bundle with onnx / onnx-int8 artifacts")
@@ -300,7 +313,7 @@ def main() -> None:
     print(text)
     print(json.dumps({r.name: {"p50": statistics.median(r.single_ms)} for r in runtimes}))
     if args.update_docs:
-        update_docs(SECTION, f"{SECTION}\n\n{text}")
+        update_docs(SECTION, f"{SECTION}\n\n{text}", facts(runtimes))
 
 
 if __name__ == "__main__":

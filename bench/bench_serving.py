@@ -274,9 +274,20 @@ def main() -> None:
     )
     print(meta)
     print(budget)
+    facts = {
+        "serving.rest_ips": f"{batched.throughput:.0f}",
+        "serving.rest_p50_ms": rows[4][3],
+        "serving.instances_ips": f"{per_core.throughput:.0f}",
+        "serving.instances_p50_ms": rows[5][3],
+        "serving.instances_of_ceiling": rows[5][2],
+        "serving.model_cpu_ms": f"{ceiling.model_cpu_ms:.1f}",
+        "serving.decode_cpu_ms": f"{ceiling.decode_cpu_ms:.1f}",
+        "serving.cpu_bound_of_ceiling": f"{100 * bound / model_only:.0f}%",
+    }
     if args.update_docs:
         command = f"`{command_line()}`"
-        update_docs(SECTION, f"{SECTION}\n\n{command}\n\n{meta}\n\n{table}\n\n{budget}\n")
+        text = f"{SECTION}\n\n{command}\n\n{meta}\n\n{table}\n\n{budget}\n"
+        update_docs(SECTION, text, facts)
 
 
 if __name__ == "__main__":
