@@ -259,6 +259,7 @@ def facts(runtimes: list[Runtime]) -> dict[str, str]:
             out[f"runtimes.{key}_jpeg_p50_ms"] = f"{statistics.median(r.e2e_ms):.1f}"
             out[f"runtimes.{key}_batch16_ips"] = f"{statistics.median(r.batch_ips):.0f}"
             out[f"runtimes.{key}_peak_rss_mb"] = f"{statistics.median(r.rss_mb):.0f}"
+            out[f"runtimes.{key}_cold_start_s"] = f"{statistics.median(r.cold_s):.2f}"
     return out
 
 
