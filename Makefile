@@ -20,7 +20,7 @@ TFLITE_BIN := $(TFLITE_VENV)/bin
 help:
 	@echo "make serve            install the serving extras and serve the bundled model on $(HOST):$(PORT)"
 	@echo "make test             install everything (torch included) and run the whole test suite"
-	@echo "make test-fast        the same without the slow tests (containers, browser, real data)"
+	@echo "make test-fast        the same without the slow tests (training, containers, browser, real data)"
 	@echo "make test-containers  container tests only (needs podman: ../shared/tools/container-base.sh)"
 	@echo "make test-tflite      TFLite export round trip in its own environment ($(TFLITE_VENV))"
 	@echo "make lint             ruff check, ruff format --check, mypy, lint-imports (layers)"
@@ -44,8 +44,9 @@ install-dev: $(BIN)/python
 test: install-dev
 	$(BIN)/python -m pytest
 
+# --durations names the tests that have grown slow enough to be marked `slow`.
 test-fast: install-dev
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" --durations=10
 
 test-containers: install-dev
 	$(BIN)/python -m pytest -m containers

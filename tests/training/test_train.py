@@ -26,6 +26,7 @@ def _train(data: Path, out: Path, **overrides: object) -> TrainResult:
     return result
 
 
+@pytest.mark.slow  # trains or loads backbones: seconds to minutes
 def test_train_writes_a_verified_bundle_and_report(color_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     result = train(color_dataset, out, TrainConfig(**FAST, name="colors"))
@@ -58,6 +59,7 @@ def test_train_writes_a_verified_bundle_and_report(color_dataset: Path, tmp_path
     assert predicted == [p.parent.name for p in paths]
 
 
+@pytest.mark.slow  # trains or loads backbones: seconds to minutes
 def test_corrupt_images_are_reported_and_skipped(color_dataset: Path, tmp_path: Path) -> None:
     (color_dataset / "train" / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     (color_dataset / "train" / "green" / "empty.jpg").write_bytes(b"")
@@ -68,6 +70,7 @@ def test_corrupt_images_are_reported_and_skipped(color_dataset: Path, tmp_path: 
     assert dataset.counts["train"]["red"] == 12
 
 
+@pytest.mark.slow  # trains or loads backbones: seconds to minutes
 def test_single_folder_dataset_is_split(tmp_path: Path) -> None:
     from imgtools import write_color_dataset
 
@@ -76,6 +79,7 @@ def test_single_folder_dataset_is_split(tmp_path: Path) -> None:
     assert set(result.metrics) == {"train", "validation", "test"}
 
 
+@pytest.mark.slow  # trains or loads backbones: seconds to minutes
 @pytest.mark.parametrize("ema_decay", [0.0, 0.99])
 def test_resume_finishes_like_an_uninterrupted_run(
     color_dataset: Path, tmp_path: Path, ema_decay: float
@@ -97,6 +101,7 @@ def test_resume_finishes_like_an_uninterrupted_run(
     )
 
 
+@pytest.mark.slow  # trains or loads backbones: seconds to minutes
 def test_ema_weights_are_averaged_and_checkpointed(color_dataset: Path, tmp_path: Path) -> None:
     """With ema_decay the average is validated and kept: it trails the raw weights."""
     config = TrainConfig(**FAST, ema_decay=0.9)
@@ -110,6 +115,7 @@ def test_ema_weights_are_averaged_and_checkpointed(color_dataset: Path, tmp_path
     torch.testing.assert_close(raw[frozen], ema[frozen])
 
 
+@pytest.mark.slow  # trains or loads backbones: seconds to minutes
 def test_same_seed_same_model(color_dataset: Path, tmp_path: Path) -> None:
     one = _train(color_dataset, tmp_path / "one", epochs=1, seed=3)
     two = _train(color_dataset, tmp_path / "two", epochs=1, seed=3)
@@ -119,6 +125,7 @@ def test_same_seed_same_model(color_dataset: Path, tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # trains or loads backbones: seconds to minutes
 def test_resume_refuses_changed_settings(color_dataset: Path, tmp_path: Path) -> None:
     assert train(color_dataset, tmp_path / "run", TrainConfig(**FAST), stop_after=1) is None
     changed = TrainConfig(**{**FAST, "batch_size": 4})
@@ -161,12 +168,14 @@ def test_unknown_backbone() -> None:
         create_model("no-such-net", 3)
 
 
+@pytest.mark.slow  # builds a timm model (tens of seconds on a busy machine)
 def test_unreachable_weights_give_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsUnavailableError, match="cannot load pretrained weights"):
         create_model("resnet10t", 3, pretrained=True)
 
 
+@pytest.mark.slow  # trains or loads backbones: seconds to minutes
 @pytest.mark.parametrize("alias", ["lite0", "lite1", "lite2"])
 def test_offline_weights_load_for_every_lite_backbone(alias: str) -> None:
     model = create_model(alias, 5)
@@ -175,6 +184,7 @@ def test_offline_weights_load_for_every_lite_backbone(alias: str) -> None:
     assert not torch.allclose(model.bn1.running_var, torch.ones_like(model.bn1.running_var))
 
 
+@pytest.mark.slow  # trains or loads backbones: seconds to minutes
 def test_cli_train_prints_metrics(
     color_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -210,6 +220,7 @@ def test_cli_reports_errors_without_traceback(
     assert "error" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains or loads backbones: seconds to minutes
 def test_crop_mode_reaches_the_bundle(color_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "squash"
     args = ["train", str(color_dataset), "-o", str(out), "--image-size", "64", "--epochs", "0"]
