@@ -28,7 +28,8 @@ Hierarchy::
     ├── InputError                   a bad input image or request, the caller's fault [400]
     │   ├── ImageDecodeError         not a decodable image: corrupt, truncated, zero bytes [400]
     │   ├── UnsupportedMediaError    content type or encoding not accepted [415]
-    │   ├── ImageTooLargeError       too many pixels, or a payload of too many bytes [413]
+    │   ├── ImageTooLargeError       too many pixels or bytes, or too much memory to decode [413]
+    │   ├── ImageTooCostlyError      too many scans or frames, or too slow to decode [422]
     │   ├── FetchError               a URL input could not be fetched safely [400]
     │   │   └── ForbiddenURLError    the URL points at a refused address or scheme [400]
     │   ├── ModelNotFoundError       no such model or version on this server [404]
@@ -91,6 +92,10 @@ class UnsupportedMediaError(InputError):
 
 class ImageTooLargeError(InputError):
     """The image has more pixels, or the payload more bytes, than allowed."""
+
+
+class ImageTooCostlyError(InputError):
+    """Decoding the image would cost too much: too many JPEG scans or frames, or too much time."""
 
 
 class FetchError(InputError):

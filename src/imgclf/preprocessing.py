@@ -9,18 +9,19 @@ The pipeline for inference and evaluation is::
                --to_chw_float--> float32 (3, H, W), normalised with mean/std
 
 ``open_image`` guards against bad input before any pixel is decoded: it checks the format against an
-allow-list and the declared pixel count against a cap (so a tiny PNG declaring 100000x100000 pixels
-is refused in microseconds), uses JPEG draft mode to decode at a reduced scale when the image is
+allow-list and the image against an :class:`~imgclf.image_budget.ImageBudget` (declared pixels,
+frames, JPEG scans and decode memory, so a tiny PNG declaring 100000x100000 pixels is refused in
+microseconds, and a wall-clock deadline while decoding), uses JPEG draft mode to decode at a reduced scale when the image is
 much larger than needed, applies the EXIF orientation and converts every mode (grayscale,
 palette, CMYK, alpha, 16-bit) to RGB.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, get_args
@@ -28,17 +29,28 @@ from typing import Any, BinaryIO, Literal, get_args
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imgclf.errors import ConfigError, ImageDecodeError, ImageTooLargeError, UnsupportedMediaError
+from imgclf.errors import (
+    ConfigError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    InputError,
+    UnsupportedMediaError,
+)
+from imgclf.image_budget import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS  # re-exported
+from imgclf.image_budget import (
+    DeadlineReader,
+    DecodeMemoryPool,
+    ImageBudget,
+    check_declared,
+    check_decode_memory,
+    check_jpeg_scans,
+)
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]
 CropMode = Literal["center", "squash"]
 
 #: Pillow formats accepted as input. Anything else is refused as unsupported media.
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
-
-#: Default cap on declared pixels: 24 MP (a 6000x4000 camera photo). Pillow's own limit is about
-#: 89 MP (warning) and 179 MP (error); a 6000x6000 PNG of 35 KB already costs ~127 MB to decode.
-DEFAULT_MAX_PIXELS = 24_000_000
 
 _RESAMPLE: dict[str, Image.Resampling] = {
     "nearest": Image.Resampling.NEAREST,
@@ -139,18 +151,24 @@ class PreprocessConfig:
         )
 
 
-def _as_stream(source: ImageSource) -> BinaryIO | str | Path:
+def _read_source(source: ImageSource) -> tuple[bytes, str]:
+    """The encoded bytes of ``source`` and a name for messages."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
-            raise ImageDecodeError("empty input: zero bytes received, expected an image")
-        return io.BytesIO(bytes(source))
-    if isinstance(source, (str, Path)):
+        data, name = bytes(source), "image"
+    elif isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
             raise ImageDecodeError(f"{path}: no such file")
-        if path.stat().st_size == 0:
-            raise ImageDecodeError(f"{path}: empty file (zero bytes)")
-    return source
+        try:
+            data, name = path.read_bytes(), str(source)
+        except OSError as exc:
+            raise ImageDecodeError(f"{path}: cannot read the file ({exc.strerror})") from exc
+    else:
+        data, name = source.read(), "image"
+    if not data:
+        what = f"{name}: empty file (zero bytes)" if name != "image" else "empty input: zero bytes"
+        raise ImageDecodeError(f"{what} received, expected an image")
+    return data, name
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -162,9 +180,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
+        # float32, not float64: this array is the largest copy a 16-bit image makes.
+        array = np.asarray(image).astype(np.float32)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+        array *= np.float32(255.0 / peak)
+        image = Image.fromarray(np.clip(array, 0, 255, out=array).astype(np.uint8), "L")
+        del array
     if image.mode == "F":
         image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), "L")
     if image.mode == "P" and "transparency" in image.info:
@@ -181,15 +202,19 @@ def open_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     draft_size: int | None = None,
+    budget: ImageBudget | None = None,
+    memory: DecodeMemoryPool | None = None,
 ) -> Image.Image:
     """Decode an image safely into an RGB Pillow image with its EXIF orientation applied.
 
     Args:
         source: Encoded bytes, a path, or a binary file object.
         max_pixels: Refuse images declaring more pixels than this, before decoding (None: no cap
-            beyond Pillow's own).
+            beyond Pillow's own); ignored when ``budget`` is given.
         draft_size: If set, JPEGs are decoded at the smallest power-of-two reduction whose sides
             are still at least this many pixels (much faster for large photos).
+        budget: Every limit on the decode's cost (default: only ``max_pixels``).
+        memory: Pool the decode reserves its estimated memory from while it runs.
 
     Returns:
         A fully loaded RGB image.
@@ -197,28 +222,39 @@ def open_image(
     Raises:
         ImageDecodeError: The input is empty, truncated, corrupt or not a file.
         UnsupportedMediaError: The input is not an image, or a format that is not accepted.
-        ImageTooLargeError: The image declares more than ``max_pixels`` pixels.
+        ImageTooLargeError: Too many pixels, or too much memory to decode (413).
+        ImageTooCostlyError: Too many JPEG scans or frames, or decoding ran past the deadline.
+        OverloadedError: ``memory`` stayed full until the deadline.
     """
-    stream = _as_stream(source)
-    name = str(source) if isinstance(source, (str, Path)) else "image"
+    budget = budget if budget is not None else ImageBudget.pixels_only(max_pixels)
+    data, name = _read_source(source)
+    reader = DeadlineReader(data, budget.deadline(), budget.timeout_s, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            # `with` closes the file Pillow opened from a path even when the image is refused.
-            with Image.open(stream) as image:
-                return _decode_opened(image, name, max_pixels, draft_size)
+            with Image.open(reader) as image:
+                return _decode_opened(image, data, name, budget, draft_size, memory, reader)
     except UnidentifiedImageError as exc:
         raise UnsupportedMediaError(f"{name}: not a recognised image format") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"{name}: too many pixels ({exc})") from exc
+        limit = budget.max_pixels if budget.max_pixels is not None else Image.MAX_IMAGE_PIXELS
+        raise ImageTooLargeError(
+            f"{name}: more pixels than the limit of {limit:,} pixels"
+        ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        if isinstance(exc, ImageDecodeError | UnsupportedMediaError | ImageTooLargeError):
+        if isinstance(exc, InputError):
             raise
         raise ImageDecodeError(f"{name}: corrupt or truncated image ({exc})") from exc
 
 
 def _decode_opened(
-    image: Image.Image, name: str, max_pixels: int | None, draft_size: int | None
+    image: Image.Image,
+    data: bytes,
+    name: str,
+    budget: ImageBudget,
+    draft_size: int | None,
+    memory: DecodeMemoryPool | None,
+    reader: DeadlineReader,
 ) -> Image.Image:
     fmt = image.format or "unknown"
     if fmt not in SUPPORTED_FORMATS:
@@ -228,16 +264,17 @@ def _decode_opened(
     width, height = image.size
     if width < 1 or height < 1:
         raise ImageDecodeError(f"{name}: image has no pixels ({width}x{height})")
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit "
-            f"of {max_pixels:,}"
-        )
-    if draft_size is not None and fmt in ("JPEG", "MPO"):
-        image.draft("RGB", (draft_size, draft_size))
-    image.load()
-    image = ImageOps.exif_transpose(image) or image
-    return to_rgb(image)
+    check_declared(image, budget, name)
+    if fmt in ("JPEG", "MPO"):
+        check_jpeg_scans(data, budget, name)
+        if draft_size is not None:
+            image.draft("RGB", (draft_size, draft_size))
+    cost = check_decode_memory(image, budget, name)
+    with memory.reserve(cost, reader.deadline) if memory is not None else nullcontext():
+        image.load()
+        reader.check()
+        image = ImageOps.exif_transpose(image) or image
+        return to_rgb(image)
 
 
 def resized_size(width: int, height: int, config: PreprocessConfig) -> tuple[int, int]:
@@ -279,10 +316,20 @@ def normalize(pixels: np.ndarray, config: PreprocessConfig) -> np.ndarray:
 
 
 def load_pixels(
-    source: ImageSource, config: PreprocessConfig, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    source: ImageSource,
+    config: PreprocessConfig,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    budget: ImageBudget | None = None,
+    memory: DecodeMemoryPool | None = None,
 ) -> np.ndarray:
-    """Decode, resize and crop one image into uint8 ``(H, W, 3)`` model-ready pixels."""
-    image = open_image(source, max_pixels=max_pixels, draft_size=config.resize_size)
+    """Decode, resize and crop one image into uint8 ``(H, W, 3)`` model-ready pixels.
+
+    ``max_pixels``, ``budget`` and ``memory`` are as for :func:`open_image`.
+    """
+    image = open_image(
+        source, max_pixels=max_pixels, draft_size=config.resize_size, budget=budget, memory=memory
+    )
     return np.asarray(resize_and_crop(image, config), dtype=np.uint8)
 
 

@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from imgclf.errors import (
+    ImageTooCostlyError,
     ImageTooLargeError,
     ImgclfError,
     InputError,
@@ -45,6 +46,7 @@ HTTP_STATUS: Mapping[type[Exception], int] = MappingProxyType(
         InputError: 400,
         UnsupportedMediaError: 415,
         ImageTooLargeError: 413,
+        ImageTooCostlyError: 422,
         ModelNotFoundError: 404,
         RequestShapeError: 422,
         MethodNotAllowedError: 405,
