@@ -94,3 +94,54 @@ def clothing_dir() -> Path:
     """
     default = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "clothing-small"
     return Path(os.environ.get("IMGCLF_CLOTHING_DIR", default)).resolve()
+
+
+def many_scan_jpeg(size: tuple[int, int] = (2000, 2000), repeats: int = 500) -> bytes:
+    """A flat progressive JPEG whose last scan is repeated: tiny, and slow to decode.
+
+    Each scan of a flat image is a few bytes of end-of-band runs, yet libjpeg decodes every scan
+    over the whole image; libjpeg only warns about the repeated progression.
+    """
+    buffer = io.BytesIO()
+    Image.new("L", size, 128).save(buffer, "JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    last_scan = data.rindex(b"\xff\xda")
+    scan = data[last_scan:-2]  # up to EOI
+    return data[:-2] + scan * repeats + b"\xff\xd9"
+
+
+def raw_png(size: tuple[int, int], bit_depth: int = 16, color_type: int = 0) -> bytes:
+    """A flat PNG of any bit depth and colour type (0 grey, 2 RGB, 4 grey+alpha, 6 RGBA).
+
+    Zero rows compress about 1000:1, so a file of a few tens of KB declares hundreds of MB of
+    decoded pixels. The rows are compressed in pieces, never held whole.
+    """
+    import struct
+    import zlib
+
+    width, height = size
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[color_type]
+    row = b"\x00" * (1 + width * channels * bit_depth // 8)
+    compressor = zlib.compressobj(9)
+    pieces = [compressor.compress(row * 64) for _ in range(height // 64)]
+    pieces += [compressor.compress(row * (height % 64)), compressor.flush()]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", b"".join(pieces))
+        + chunk(b"IEND", b"")
+    )
+
+
+def animated_gif(frames: int, size: tuple[int, int] = (8, 8)) -> bytes:
+    """A GIF with ``frames`` frames of alternating colours."""
+    images = [Image.new("P", size, index % 2) for index in range(frames)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, "GIF", save_all=True, append_images=images[1:], duration=10)
+    return buffer.getvalue()

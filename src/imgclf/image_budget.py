@@ -40,6 +40,10 @@ DEFAULT_MAX_DECODE_BYTES = 128 * 1024 * 1024
 #: Encoders write about 10 scans (mozjpeg, Photoshop); libjpeg-turbo's djpeg suggests refusing
 #: hundreds. Each scan costs a pass over the whole image, so the cap bounds the decode time.
 DEFAULT_MAX_JPEG_SCANS = 64
+#: Scans x pixels of a JPEG: libjpeg spends a few ns per pixel per scan even at a reduced draft
+#: scale, so this bounds a progressive JPEG's decode to about a second (a 24 MP photo with 16
+#: scans fits).
+DEFAULT_MAX_JPEG_SCAN_PIXELS = 400_000_000
 #: Frames or pages declared by an animation or a multi-page file (only the first is decoded).
 DEFAULT_MAX_FRAMES = 1000
 #: Wall-clock time one image may take to decode.
@@ -60,6 +64,7 @@ class ImageBudget:
         max_pixels: Declared width x height.
         max_decode_bytes: Estimated memory to decode the image and convert it to RGB.
         max_jpeg_scans: Scans in a JPEG (progressive JPEGs have one per refinement pass).
+        max_jpeg_scan_pixels: Scans x declared pixels of a JPEG (the work libjpeg does).
         max_frames: Frames or pages an animation or a multi-page file may declare.
         timeout_s: Wall-clock time to decode, from the first byte read to the RGB image.
     """
@@ -67,13 +72,14 @@ class ImageBudget:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     max_decode_bytes: int | None = DEFAULT_MAX_DECODE_BYTES
     max_jpeg_scans: int | None = DEFAULT_MAX_JPEG_SCANS
+    max_jpeg_scan_pixels: int | None = DEFAULT_MAX_JPEG_SCAN_PIXELS
     max_frames: int | None = DEFAULT_MAX_FRAMES
     timeout_s: float | None = DEFAULT_DECODE_TIMEOUT_S
 
     @classmethod
     def pixels_only(cls, max_pixels: int | None) -> ImageBudget:
         """Only the pixel cap (local files: training, evaluation, dataset checks)."""
-        return cls(max_pixels, None, None, None, None)
+        return cls(max_pixels, None, None, None, None, None)
 
     def deadline(self) -> float | None:
         """The monotonic time by which a decode starting now must be done, or None."""
@@ -118,16 +124,16 @@ def decode_bytes(mode: str, size: tuple[int, int], has_transparency: bool = Fals
     """Estimated peak memory to decode an image of ``mode`` and ``size`` and convert it to RGB.
 
     The decoded image itself, plus the copies :func:`imgclf.preprocessing.to_rgb` makes: 16-bit
-    greyscale goes through a float32 array and an 8-bit one; alpha is composited on white
-    (an RGBA copy, the background, the composite and the RGB result); other modes make one RGB
-    copy.
+    greyscale goes through a numpy copy and an 8-bit one; alpha is composited on white (an RGBA
+    copy unless it is RGBA already, the background, the composite and the RGB result); other
+    modes make one RGB copy.
     """
     pixels = size[0] * size[1]
     stored = bytes_per_pixel(mode)
     if mode in _SIXTEEN_BIT:
-        extra = 4 + 4 + 1 + 4  # the array, float32, 8-bit greyscale, RGB
+        extra = stored + 1 + 4  # the numpy copy, 8-bit greyscale, RGB
     elif mode in _ALPHA or has_transparency:
-        extra = 4 * 4
+        extra = 3 * 4 if mode == "RGBA" else 4 * 4
     elif mode == "RGB":
         extra = 0
     else:
@@ -176,19 +182,25 @@ def check_decode_memory(image: Image.Image, budget: ImageBudget, name: str) -> i
     return cost
 
 
-def check_jpeg_scans(data: bytes, budget: ImageBudget, name: str) -> None:
-    """Refuse a JPEG with more scans than the budget allows, before libjpeg decodes it.
+def check_jpeg_scans(data: bytes, pixels: int, budget: ImageBudget, name: str) -> None:
+    """Refuse a JPEG with too many scans for its size, before libjpeg decodes it.
 
     Raises:
-        ImageTooCostlyError: Too many scans (422).
+        ImageTooCostlyError: Too many scans, or scans x ``pixels`` over the budget (422).
     """
-    if budget.max_jpeg_scans is None:
+    if budget.max_jpeg_scans is None and budget.max_jpeg_scan_pixels is None:
         return
     scans = count_jpeg_scans(data)
-    if scans > budget.max_jpeg_scans:
+    if budget.max_jpeg_scans is not None and scans > budget.max_jpeg_scans:
         raise ImageTooCostlyError(
             f"{name}: a JPEG with {scans:,} scans exceeds the limit of {budget.max_jpeg_scans} "
             "(each scan is a pass over the whole image); re-encode it as a baseline JPEG"
+        )
+    if budget.max_jpeg_scan_pixels is not None and scans * pixels > budget.max_jpeg_scan_pixels:
+        raise ImageTooCostlyError(
+            f"{name}: {scans} scans over {pixels:,} pixels exceeds the limit of "
+            f"{budget.max_jpeg_scan_pixels:,} pixel-scans; re-encode it as a baseline JPEG or "
+            "send fewer pixels"
         )
 
 

@@ -180,21 +180,32 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # float32, not float64: this array is the largest copy a 16-bit image makes.
-        array = np.asarray(image).astype(np.float32)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        array *= np.float32(255.0 / peak)
-        image = Image.fromarray(np.clip(array, 0, 255, out=array).astype(np.uint8), "L")
-        del array
+        image = _sixteen_bit_to_grey(image)
     if image.mode == "F":
         image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), "L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _sixteen_bit_to_grey(image: Image.Image) -> Image.Image:
+    """Scale 16-bit (or 32-bit integer) greyscale to 8 bits, a band of rows at a time.
+
+    Converting the whole array to floating point at once would be the largest copy the image
+    makes (8 bytes per pixel in float64); bands keep the extra memory to the 8-bit result.
+    """
+    array = np.asarray(image)
+    peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+    scale = np.float32(255.0 / peak)
+    grey = np.empty(array.shape, dtype=np.uint8)
+    for top in range(0, array.shape[0], 256):
+        band = array[top : top + 256].astype(np.float32) * scale
+        grey[top : top + 256] = np.clip(band, 0, 255)
+    return Image.fromarray(grey, "L")
 
 
 def open_image(
@@ -266,7 +277,7 @@ def _decode_opened(
         raise ImageDecodeError(f"{name}: image has no pixels ({width}x{height})")
     check_declared(image, budget, name)
     if fmt in ("JPEG", "MPO"):
-        check_jpeg_scans(data, budget, name)
+        check_jpeg_scans(data, width * height, budget, name)
         if draft_size is not None:
             image.draft("RGB", (draft_size, draft_size))
     cost = check_decode_memory(image, budget, name)

@@ -10,14 +10,13 @@ import pytest
 
 from imgclf.serving.http.admission import AdmissionMiddleware, inference_route
 from imgclf.serving.http.dependencies import Services
-from imgclf.serving.http.metrics import ServiceMetrics
 from imgclf.serving.http.observability import ROUTE_TEMPLATE_KEY
 from imgclf.serving.http.settings import ServeSettings
 
 
 def _services(queue_size: int) -> Services:
     settings = ServeSettings(queue_size=queue_size)
-    return Services(settings, ServiceMetrics.create(), settings.fetch_policy())
+    return Services.from_settings(settings)
 
 
 class _Inner:

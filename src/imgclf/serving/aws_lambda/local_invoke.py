@@ -12,7 +12,8 @@ Like the RIE (and Lambda's Invoke API), the request body is the event and the an
 the handler returned, with HTTP 200; a handler exception is answered with 200, the
 ``X-Amz-Function-Error: Unhandled`` header and ``{"errorMessage", "errorType"}``. A body that is
 not JSON never reaches the handler (Lambda refuses such payloads too): it gets HTTP 400 and the
-handler's error shape, ``{"detail": ..., "statusCode": 400}``. One event runs at a time, as in one
+handler's error shape, ``{"detail": ..., "statusCode": 400}``; headers over 32 KiB in all, or more
+than 100 of them, get 431. One event runs at a time, as in one
 Lambda execution environment. Only the standard library is used.
 
 Run directly with ``python -m imgclf.serving.aws_lambda.local_invoke [HANDLER] [--host H]
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imgclf.serving.aws_lambda.settings import LAMBDA_SYNC_PAYLOAD_LIMIT
+from imgclf.serving.header_limits import DEFAULT_MAX_HEADER_BYTES, header_problem
 from imgclf.serving.json_input import JSONBodyError, parse_json
 
 __all__ = ["INVOKE_PATH", "LocalContext", "load_handler", "main", "make_server"]
@@ -144,6 +146,16 @@ def make_server(
                     self._send(200, error, {"X-Amz-Function-Error": "Unhandled"})
                     return
             self._send(200, answer)
+
+        def parse_request(self) -> bool:
+            """Parse as the standard library does (431 past 100 headers), then cap the total."""
+            if not super().parse_request():
+                return False
+            problem = header_problem(self.headers.items(), DEFAULT_MAX_HEADER_BYTES, 100)
+            if problem is None:
+                return True
+            self._fail(431, problem)
+            return False
 
         def do_GET(self) -> None:
             self.close_connection = True

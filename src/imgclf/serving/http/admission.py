@@ -9,6 +9,12 @@ only at the method and path, which are known when the request line arrives, and 
 cannot be skipped). Accepted requests are counted until their response is sent, so the bound
 covers receiving, decoding, queueing and inference.
 
+Each client address (the connecting peer, or the address a trusted proxy names: this middleware
+runs inside uvicorn's proxy-headers middleware) may have at most
+``settings.max_requests_per_client`` of those requests in progress; beyond that it gets 429 +
+``Retry-After`` at once, so one client (64 stalled uploads, say) cannot take the whole queue and
+lock everyone else out with 503s.
+
 When a SIGTERM's grace period runs out, uvicorn cancels the requests still in progress and would
 answer them 500 Internal Server Error; here they get 503 + ``Retry-After`` instead, which says
 what happened (this replica went away) and that the request can be sent again elsewhere.
@@ -72,16 +78,42 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         services = self.services
+        client = _client_address(scope)
+        refusal = self._refusal(client)
+        if refusal is not None:
+            status, detail = refusal
+            scope[ROUTE_TEMPLATE_KEY] = template  # the router never sees this request
+            payload = error_payload(scope.get("path", ""), detail)
+            await send_json(send, status, payload, headers=[(b"retry-after", b"1")])
+            return
+        by_client = services.admitted_by_client
+        by_client[client] = by_client.get(client, 0) + 1
+        try:
+            await self._admitted(scope, receive, send)
+        finally:
+            by_client[client] -= 1
+            if not by_client[client]:
+                del by_client[client]
+
+    def _refusal(self, client: str) -> tuple[int, str] | None:
+        """(status, detail) when the request must be refused now, else None."""
+        services = self.services
+        per_client = services.settings.max_requests_per_client
+        if services.admitted_by_client.get(client, 0) >= per_client:
+            return 429, (
+                f"this client already has {per_client} requests in progress, the most one client "
+                "may have; wait for their answers, then retry"
+            )
         limit = services.settings.queue_size
         if services.admitted >= limit:
-            scope[ROUTE_TEMPLATE_KEY] = template  # the router never sees this request
-            detail = (
+            return 503, (
                 f"the service is at capacity ({services.admitted} requests in progress, limit "
                 f"{limit}); retry after 1 s"
             )
-            payload = error_payload(scope.get("path", ""), detail)
-            await send_json(send, 503, payload, headers=[(b"retry-after", b"1")])
-            return
+        return None
+
+    async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services = self.services
         services.admitted += 1
         started = False
 
@@ -99,3 +131,8 @@ class AdmissionMiddleware:
             raise
         finally:
             services.admitted -= 1
+
+
+def _client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"

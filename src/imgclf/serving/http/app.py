@@ -39,14 +39,13 @@ from imgclf.serving.http import api, page, tfserving, v2
 from imgclf.serving.http.admission import AdmissionMiddleware
 from imgclf.serving.http.batching import MicroBatcher
 from imgclf.serving.http.dependencies import Services
-from imgclf.serving.http.metrics import ServiceMetrics
 from imgclf.serving.http.observability import (
     CLIENT_CLOSED_REQUEST,
     RequestContextMiddleware,
     configure_logging,
     error_payload,
 )
-from imgclf.serving.http.security import TokenBucketLimiter, retry_after_header
+from imgclf.serving.http.security import retry_after_header
 from imgclf.serving.http.settings import ServeSettings
 from imgclf.serving.json_input import describe_errors
 from imgclf.serving.status import HTTP_STATUS, status_for
@@ -68,17 +67,8 @@ def create_app(
         The ASGI application; serve it with uvicorn (``imgclf serve`` does).
     """
     settings = settings or ServeSettings()
-    metrics = ServiceMetrics.create()
-    services = Services(
-        settings=settings,
-        metrics=metrics,
-        fetch_policy=settings.fetch_policy(),
-        limiter=(
-            TokenBucketLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
-            if settings.rate_limit_per_s
-            else None
-        ),
-    )
+    services = Services.from_settings(settings)
+    metrics = services.metrics
     app = FastAPI(
         title="imgclf",
         version=__version__,
@@ -122,6 +112,8 @@ def run_server(settings: ServeSettings, *, backend: InferenceBackend | None = No
     """
     import uvicorn
 
+    from imgclf.serving.header_limits import uvicorn_options
+
     configure_logging(settings.log_level, json_lines=settings.log_json)
     uvicorn.run(
         create_app(settings, backend=backend),
@@ -135,6 +127,7 @@ def run_server(settings: ServeSettings, *, backend: InferenceBackend | None = No
         # uvicorn believes X-Forwarded-For from 127.0.0.1 (or $FORWARDED_ALLOW_IPS) by default,
         # so any local client could pick its address; create_app trusts settings.trusted_proxies.
         proxy_headers=False,
+        **uvicorn_options(settings.max_header_bytes, settings.max_headers),
     )
 
 

@@ -8,12 +8,13 @@ backend=...)`` or ``app.dependency_overrides`` instead of patching modules.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
 from imgclf.errors import ModelNotReadyError
+from imgclf.image_budget import DecodeMemoryPool, ImageBudget
 from imgclf.inference.fetch import FetchPolicy
 from imgclf.serving.backend import InferenceBackend
 from imgclf.serving.http.batching import MicroBatcher
@@ -33,6 +34,8 @@ class Services:
     settings: ServeSettings
     metrics: ServiceMetrics
     fetch_policy: FetchPolicy
+    image_budget: ImageBudget
+    decode_memory: DecodeMemoryPool
     backend: InferenceBackend | None = None
     batcher: MicroBatcher | None = None
     decode_pool: ThreadPoolExecutor | None = None
@@ -40,6 +43,24 @@ class Services:
     warmed: bool = False
     draining: bool = False
     admitted: int = 0
+    #: Inference requests in progress per client address (only addresses with some).
+    admitted_by_client: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: ServeSettings) -> Services:
+        """The services of a new app: limits from ``settings``, nothing loaded yet."""
+        return cls(
+            settings=settings,
+            metrics=ServiceMetrics.create(),
+            fetch_policy=settings.fetch_policy(),
+            image_budget=settings.image_budget(),
+            decode_memory=DecodeMemoryPool(settings.decode_memory_bytes),
+            limiter=(
+                TokenBucketLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+                if settings.rate_limit_per_s
+                else None
+            ),
+        )
 
     def ready_backend(self) -> tuple[InferenceBackend, MicroBatcher, ThreadPoolExecutor]:
         """The loaded backend, its batcher and the decode pool.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -20,7 +21,7 @@ from starlette.requests import Request
 
 from imgclf.errors import ForbiddenURLError, ImageDecodeError, InputError, UnsupportedMediaError
 from imgclf.inference.fetch import fetch_url_async
-from imgclf.preprocessing import PreprocessConfig, load_pixels
+from imgclf.preprocessing import load_pixels
 from imgclf.serving.backend import InferenceBackend
 from imgclf.serving.http.dependencies import Services
 from imgclf.serving.http.jsonbody import max_json_values
@@ -157,12 +158,13 @@ async def decode_images(
     """
     assert services.decode_pool is not None
     loop = asyncio.get_running_loop()
-    config = backend.preprocess_config
-    max_pixels = services.settings.max_pixels
-    tasks = [
-        loop.run_in_executor(services.decode_pool, _load, data, config, max_pixels)
-        for data in images
-    ]
+    load = functools.partial(
+        load_pixels,
+        config=backend.preprocess_config,
+        budget=services.image_budget,
+        memory=services.decode_memory,
+    )
+    tasks = [loop.run_in_executor(services.decode_pool, load, data) for data in images]
     results = await asyncio.gather(*tasks, return_exceptions=True)
     for index, result in enumerate(results):
         if isinstance(result, InputError):
@@ -172,10 +174,6 @@ async def decode_images(
         if isinstance(result, BaseException):
             raise result
     return np.stack([r for r in results if isinstance(r, np.ndarray)])
-
-
-def _load(data: bytes, config: PreprocessConfig, max_pixels: int) -> np.ndarray:
-    return load_pixels(data, config, max_pixels=max_pixels)
 
 
 async def classify_images(

@@ -15,8 +15,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from imgclf.image_budget import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS, ImageBudget
 from imgclf.inference.fetch import FetchPolicy
-from imgclf.preprocessing import DEFAULT_MAX_PIXELS
+from imgclf.serving.header_limits import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
 from imgclf.serving.http.schemas import MAX_BATCH_IMAGES
 
 
@@ -75,6 +76,28 @@ class ServeSettings(BaseSettings):
         "stalled uploads get 408 and give up their place",
     )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=64 * 64, description="Declared image pixels")
+    max_decode_bytes: int = Field(
+        DEFAULT_MAX_DECODE_BYTES,
+        ge=1 << 20,
+        description="Estimated memory to decode one image (pixels x bytes per pixel, plus the "
+        "conversion to RGB); more gets 413",
+    )
+    decode_memory_bytes: int = Field(
+        192 * 1024 * 1024,
+        ge=1 << 20,
+        description="Estimated memory of all images being decoded at once; a decode that does "
+        "not fit waits for others (up to its deadline)",
+    )
+    decode_timeout_s: float = Field(
+        5.0, gt=0, le=120, description="Wall-clock time to decode one image; longer gets 422"
+    )
+    max_header_bytes: int = Field(
+        DEFAULT_MAX_HEADER_BYTES,
+        ge=1024,
+        le=1 << 20,
+        description="Request line plus headers; larger gets 431",
+    )
+    max_headers: int = Field(DEFAULT_MAX_HEADERS, ge=8, le=10_000, description="More get 431")
     max_batch_images: int = Field(
         32, ge=1, le=MAX_BATCH_IMAGES, description="Images per batch request"
     )
@@ -101,6 +124,13 @@ class ServeSettings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins")
     rate_limit_per_s: float | None = Field(None, gt=0, description="Per-client requests/second")
     rate_limit_burst: int = Field(20, ge=1, description="Per-client burst size")
+    max_requests_per_client: int = Field(
+        8,
+        ge=1,
+        le=100_000,
+        description="Inference requests in progress per client address (after the "
+        "trusted-proxy rule); more get 429 at once, so one client cannot fill the queue",
+    )
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="IP addresses or CIDR networks of reverse proxies whose X-Forwarded-For and "
@@ -149,6 +179,14 @@ class ServeSettings(BaseSettings):
                 f"model_server_url must look like grpc://HOST:PORT, got {self.model_server_url!r}"
             )
         return self
+
+    def image_budget(self) -> ImageBudget:
+        """The per-image decode limits these settings describe."""
+        return ImageBudget(
+            max_pixels=self.max_pixels,
+            max_decode_bytes=min(self.max_decode_bytes, self.decode_memory_bytes),
+            timeout_s=self.decode_timeout_s,
+        )
 
     def fetch_policy(self) -> FetchPolicy:
         """The URL-fetch limits these settings describe (bytes capped like uploads)."""

@@ -91,6 +91,11 @@ class ModelServer:
 
         import uvicorn
 
+        from imgclf.serving.header_limits import (
+            DEFAULT_MAX_HEADER_BYTES,
+            DEFAULT_MAX_HEADERS,
+            uvicorn_options,
+        )
         from imgclf.serving.model_server.rest import create_rest_app
 
         app = create_rest_app(self.repository, max_body_bytes=self.settings.max_message_bytes)
@@ -98,7 +103,13 @@ class ModelServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.host, port))
         self.http_port = int(sock.getsockname()[1])
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            **uvicorn_options(DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS),
+        )
         self._uvicorn = uvicorn.Server(config)
         self._http_thread = threading.Thread(
             target=self._uvicorn.run, kwargs={"sockets": [sock]}, name="v2-http", daemon=True
