@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import gzip
 import ipaddress
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, urlparse
 
@@ -54,6 +56,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"x" * 5000)
         elif parsed.path == "/big-chunked":
             self._send_chunked(b"x" * 1000, count=10)
+        elif parsed.path in HOSTILE:
+            HOSTILE[parsed.path](self)
         elif parsed.path == "/slow":
             time.sleep(2.0)
             self._send(200, BODY)
@@ -67,6 +71,46 @@ class _Handler(BaseHTTPRequestHandler):
         for _ in range(count):
             self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
         self.wfile.write(b"0\r\n\r\n")
+
+
+@functools.cache
+def gzip_twice(data: bytes) -> bytes:
+    return gzip.compress(gzip.compress(data, 9), 9)
+
+
+def _gzip_bomb(handler: _Handler) -> None:
+    """64 MiB of zeros, gzipped twice: about 200 bytes on the wire."""
+    body = gzip_twice(bytes(64 << 20))
+    handler._send(200, body, {"Content-Encoding": "gzip, gzip"})
+
+
+def _gzip_image(handler: _Handler) -> None:
+    handler._send(200, gzip_twice(BODY), {"Content-Encoding": "gzip, gzip"})
+
+
+def _brotli(handler: _Handler) -> None:
+    handler._send(200, BODY, {"Content-Encoding": "br"})
+
+
+def _trickle(handler: _Handler, head: bytes) -> None:
+    """Send ``head`` then one more byte every 50 ms, until the client goes away (or 20 s)."""
+    handler.wfile.write(head)
+    for _ in range(400):
+        try:
+            handler.wfile.write(b"x")
+            handler.wfile.flush()
+        except OSError:
+            return
+        time.sleep(0.05)
+
+
+HOSTILE: dict[str, Callable[[_Handler], None]] = {
+    "/gzip-bomb": _gzip_bomb,
+    "/gzip-image": _gzip_image,
+    "/br": _brotli,
+    "/trickle-headers": lambda h: _trickle(h, b"HTTP/1.1 200 OK\r\nX-Slow: "),
+    "/trickle-body": lambda h: _trickle(h, b"HTTP/1.1 200 OK\r\nContent-Length: 9999\r\n\r\n"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -306,3 +350,29 @@ def test_environment_proxies_are_ignored(server: str, monkeypatch: pytest.Monkey
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
     assert fetch_url(f"{server}/img", LOCAL) == BODY
+
+
+def test_stacked_gzip_is_inflated_as_a_stream_and_capped_on_the_inflated_size(server: str) -> None:
+    assert fetch_url(f"{server}/gzip-image", LOCAL) == BODY
+    policy = FetchPolicy(allow_loopback=True, max_bytes=1 << 20)
+    start = time.monotonic()
+    with pytest.raises(ImageTooLargeError, match="after decompression"):
+        fetch_url(f"{server}/gzip-bomb", policy)
+    assert time.monotonic() - start < 2.0
+    with pytest.raises(ImageTooLargeError, match="after decompression"):
+        asyncio.run(fetch_url_async(f"{server}/gzip-bomb", policy))
+
+
+def test_unsupported_content_encoding_is_refused(server: str) -> None:
+    with pytest.raises(FetchError, match="only gzip and deflate"):
+        fetch_url(f"{server}/br", LOCAL)
+
+
+@pytest.mark.parametrize("path", ["/trickle-headers", "/trickle-body"])
+def test_one_deadline_from_connect_to_last_byte(server: str, path: str) -> None:
+    """A byte every 50 ms never trips the 5 s read timeout; the overall deadline stops it."""
+    policy = FetchPolicy(allow_loopback=True, total_timeout_s=1.0)
+    start = time.monotonic()
+    with pytest.raises(FetchError, match="longer than 1 s"):
+        fetch_url(f"{server}{path}", policy)
+    assert time.monotonic() - start < 1.5

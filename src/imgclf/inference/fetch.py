@@ -13,8 +13,17 @@ Used by ``imgclf predict URL``, the REST API (``{"url": ...}``) and the Lambda h
    name, so a DNS answer that changes between the check and the connect (DNS rebinding) cannot
    redirect it.
 
-Redirects are followed by hand up to a limit, connect and read timeouts and an overall deadline
-apply, and the body is streamed with a byte cap (the ``Content-Length`` header is checked first).
+Redirects are followed by hand up to a limit. One deadline covers everything from the first
+connect to the last byte, redirects included: every socket operation waits at most until it, so
+an upstream that trickles its headers or body a byte at a time cannot hold a fetch past it. The
+body is streamed with a byte cap (the ``Content-Length`` header is checked first); a compressed
+body (``Content-Encoding: gzip``, ``deflate``, or two of them stacked) is inflated here, a
+piece of at most 64 KiB at a time, and the cap applies to the inflated size, so a 2 KB body that
+inflates to a gigabyte stops at the cap.
+
+:func:`fetch_url` is the one implementation: ``imgclf predict``, the Lambda handler and, through
+:func:`fetch_url_async` (which runs it on a thread pool of its own), the REST service all use it,
+so decompression never runs on an event loop.
 Loopback addresses can be allowed explicitly (``allow_loopback``) for local testing; it is off by
 default. Proxies from the environment are ignored, since a proxy would make the connection itself.
 """
@@ -28,11 +37,14 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import certifi
+import httpcore
 import httpx
 
 from imgclf.errors import FetchError, ForbiddenURLError, ImageTooLargeError
@@ -40,7 +52,6 @@ from imgclf.errors import FetchError, ForbiddenURLError, ImageTooLargeError
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: ``resolve(host, port)`` -> the addresses the host resolves to (strings).
 Resolver = Callable[[str, int], Sequence[str]]
-AsyncResolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
 ALLOWED_SCHEMES = ("http", "https")
 MAX_URL_LENGTH = 4096
@@ -48,6 +59,12 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "imgclf-fetch/1"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")  # RFC 3986 scheme
+#: Content codings inflated here (zlib's wbits: 32 + 15 accepts a gzip or a zlib header).
+_CODINGS = {"gzip": 32 + 15, "x-gzip": 32 + 15, "deflate": 32 + 15}
+_MAX_CODINGS = 2  # "gzip, gzip" is legal; deeper stacks serve only to multiply the expansion
+_PIECE = 64 * 1024  # largest piece inflated at once
+#: Threads fetching URLs for event-loop servers; each fetch holds one for at most its deadline.
+FETCH_THREADS = 32
 
 
 @dataclass(frozen=True)
@@ -212,16 +229,6 @@ def system_resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-async def system_resolve_async(host: str, port: int) -> list[str]:
-    """Asynchronous :func:`system_resolve` (the resolver runs in the loop's thread pool)."""
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise FetchError(f"cannot resolve host {host!r}: {exc}") from exc
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
     """One verifying TLS context for all fetches (loading the CA bundle costs ~50 ms)."""
@@ -237,11 +244,16 @@ def _timeout(policy: FetchPolicy) -> httpx.Timeout:
     )
 
 
-def _request(client: httpx.Client | httpx.AsyncClient, hop: _Hop) -> httpx.Request:
+def _request(client: httpx.Client, hop: _Hop) -> httpx.Request:
     return client.build_request(
         "GET",
         hop.connect_url,
-        headers={"Host": hop.host_header, "User-Agent": _USER_AGENT, "Accept": "image/*"},
+        headers={
+            "Host": hop.host_header,
+            "User-Agent": _USER_AGENT,
+            "Accept": "image/*",
+            "Accept-Encoding": "gzip, deflate",
+        },
         extensions={"sni_hostname": hop.server_name},
     )
 
@@ -264,10 +276,6 @@ def _refuse_other_scheme_redirects(response: httpx.Response) -> None:
             f"the URL redirected to a URL with scheme {scheme!r}; only redirects to http or "
             "https URLs are followed"
         )
-
-
-async def _refuse_other_scheme_redirects_async(response: httpx.Response) -> None:
-    _refuse_other_scheme_redirects(response)
 
 
 def _redirect_target(response: httpx.Response, hop: _Hop) -> httpx.URL | None:
@@ -316,8 +324,8 @@ class _BodyBuffer:
         self._size += len(chunk)
         if self._size > self._policy.max_bytes:
             raise ImageTooLargeError(
-                f"{self._hop.url} sent more than {self._policy.max_bytes:,} bytes; "
-                "send a smaller image"
+                f"{self._hop.url} sent more than {self._policy.max_bytes:,} bytes (after "
+                "decompression); send a smaller image"
             )
         if time.monotonic() > self._deadline:
             raise FetchError(
@@ -337,9 +345,16 @@ def _hop_for(url: httpx.URL, policy: FetchPolicy, resolver: Resolver) -> _Hop:
     return _make_hop(url, addresses, policy)
 
 
-def _wrap_transport_error(exc: Exception, url: httpx.URL) -> FetchError:
+def _wrap_transport_error(
+    exc: Exception, url: httpx.URL, policy: FetchPolicy, deadline: float
+) -> FetchError:
     if isinstance(exc, httpx.InvalidURL | UnicodeError):  # a Location httpx cannot parse
         return FetchError(f"{url} redirected to an invalid URL ({exc})")
+    if isinstance(exc, httpx.TimeoutException) and time.monotonic() >= deadline:
+        return FetchError(
+            f"fetching {url} took longer than {policy.total_timeout_s:g} s (from connect to the "
+            "last byte); try a faster host"
+        )
     if isinstance(exc, httpx.TimeoutException):
         return FetchError(f"timed out fetching {url} ({type(exc).__name__})")
     return FetchError(f"could not fetch {url}: {type(exc).__name__}: {exc}")
@@ -352,21 +367,23 @@ def fetch_url(
     resolver: Resolver = system_resolve,
     transport: httpx.BaseTransport | None = None,
 ) -> bytes:
-    """Download ``url`` safely and return the body bytes.
+    """Download ``url`` safely and return the body bytes, inflated if it was compressed.
 
     Args:
         url: An absolute ``http`` or ``https`` URL.
         policy: Limits and address rules (defaults to :class:`FetchPolicy`).
         resolver: Host resolver (injectable for tests).
-        transport: httpx transport (injectable for tests).
+        transport: httpx transport (injectable for tests; it bypasses the per-socket deadline,
+            the body is still checked against it).
 
     Returns:
         The response body, at most ``policy.max_bytes`` long.
 
     Raises:
         ForbiddenURLError: Bad scheme, host not allowed, or an address that is not public.
-        ImageTooLargeError: The body is larger than ``policy.max_bytes``.
-        FetchError: Timeout, connection failure, HTTP error, or too many redirects.
+        ImageTooLargeError: The body, inflated, is larger than ``policy.max_bytes``.
+        FetchError: Timeout or deadline, connection failure, HTTP error, unsupported or
+            corrupt content encoding, or too many redirects.
     """
     policy = policy or FetchPolicy()
     deadline = time.monotonic() + policy.total_timeout_s
@@ -374,9 +391,7 @@ def fetch_url(
     hop = _hop_for(target, policy, resolver)  # refuse before opening a client
     with httpx.Client(
         timeout=_timeout(policy),
-        trust_env=False,
-        transport=transport,
-        verify=_ssl_context(),
+        transport=transport or _deadline_transport(deadline),
         event_hooks={"response": [_refuse_other_scheme_redirects]},
     ) as client:
         for attempt in range(policy.max_redirects + 1):
@@ -387,77 +402,157 @@ def fetch_url(
                 try:
                     next_url = _redirect_target(response, hop)
                     if next_url is None:
-                        _check_declared_size(response, hop, policy)
-                        body = _BodyBuffer(hop, policy, deadline)
-                        for chunk in response.iter_bytes():
-                            body.add(chunk)
-                        return body.getvalue()
+                        return _read_body(response, hop, policy, deadline)
                 finally:
                     response.close()
             except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
-                raise _wrap_transport_error(exc, hop.url) from exc
+                raise _wrap_transport_error(exc, hop.url, policy, deadline) from exc
             target = _parse_url(next_url)
     raise FetchError(f"{url} redirected more than {policy.max_redirects} times")
 
 
-async def _hop_for_async(url: httpx.URL, policy: FetchPolicy, resolver: AsyncResolver) -> _Hop:
-    host = _host(url)
-    _check_allowlist(host, policy)
-    literal = _literal_ip(host)
-    addresses = [literal] if literal else await resolver(host, _port(url))
-    return _make_hop(url, addresses, policy)
+def _read_body(response: httpx.Response, hop: _Hop, policy: FetchPolicy, deadline: float) -> bytes:
+    _check_declared_size(response, hop, policy)
+    body = _BodyBuffer(hop, policy, deadline)
+    inflate = _inflater(response.headers.get("content-encoding", ""), hop)
+    for chunk in response.iter_raw():
+        for piece in inflate(chunk):
+            body.add(piece)
+    return body.getvalue()
+
+
+def _inflater(content_encoding: str, hop: _Hop) -> Callable[[bytes], Iterator[bytes]]:
+    """A function that turns raw body chunks into inflated pieces of at most 64 KiB each.
+
+    Raises:
+        FetchError: An unsupported coding, or more than two stacked.
+    """
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
+    codings = [c for c in codings if c != "identity"]
+    unknown = sorted(set(codings) - set(_CODINGS))
+    if unknown:
+        raise FetchError(
+            f"{hop.url} sent Content-Encoding {', '.join(unknown)}; only gzip and deflate are "
+            "accepted"
+        )
+    if len(codings) > _MAX_CODINGS:
+        raise FetchError(
+            f"{hop.url} stacked {len(codings)} content encodings; at most {_MAX_CODINGS} are "
+            "accepted"
+        )
+    # Codings are listed in the order they were applied: undo the last one first.
+    layers = [zlib.decompressobj(_CODINGS[c]) for c in reversed(codings)]
+
+    def through(depth: int, data: bytes) -> Iterator[bytes]:
+        if depth == len(layers):
+            yield data
+            return
+        layer = layers[depth]
+        while data and not layer.eof:
+            try:
+                piece = layer.decompress(data, _PIECE)
+            except zlib.error as exc:
+                raise FetchError(f"{hop.url} sent a corrupt compressed body ({exc})") from exc
+            data = layer.unconsumed_tail
+            if piece:
+                yield from through(depth + 1, piece)
+
+    return lambda chunk: through(0, chunk)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every read and write waits at most until the fetch's deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: float) -> None:
+        self._stream, self._deadline = stream, deadline
+
+    def _wait(self, timeout: float | None) -> float:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise httpcore.ReadTimeout("the fetch's deadline has passed")
+        return remaining if timeout is None else min(timeout, remaining)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._wait(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._wait(timeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        tls = self._stream.start_tls(ssl_context, server_hostname, self._wait(timeout))
+        return _DeadlineStream(tls, self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's socket backend, with every connect, read and write bounded by one deadline."""
+
+    def __init__(self, deadline: float) -> None:
+        self._backend, self._deadline = httpcore.SyncBackend(), deadline
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise httpcore.ConnectTimeout("the fetch's deadline has passed")
+        limit = remaining if timeout is None else min(timeout, remaining)
+        stream = self._backend.connect_tcp(host, port, limit, local_address, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        raise httpcore.ConnectError("unix sockets are never fetched from")
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+def _deadline_transport(deadline: float) -> httpx.HTTPTransport:
+    """An httpx transport whose sockets give up at ``deadline`` (TLS verified with certifi).
+
+    httpx has no option for a network backend, so the transport's connection pool is replaced
+    by one built the same way with :class:`_DeadlineBackend`; no proxy is ever used.
+    """
+    transport = httpx.HTTPTransport(verify=_ssl_context(), trust_env=False)
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=_ssl_context(), network_backend=_DeadlineBackend(deadline)
+    )
+    return transport
+
+
+@functools.cache
+def _fetch_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="imgclf-fetch")
 
 
 async def fetch_url_async(
     url: str,
     policy: FetchPolicy | None = None,
     *,
-    resolver: AsyncResolver = system_resolve_async,
-    transport: httpx.AsyncBaseTransport | None = None,
+    resolver: Resolver = system_resolve,
+    transport: httpx.BaseTransport | None = None,
 ) -> bytes:
-    """Asynchronous :func:`fetch_url`, for event-loop servers. Same checks, same errors."""
-    policy = policy or FetchPolicy()
-    try:
-        async with asyncio.timeout(policy.total_timeout_s):
-            return await _fetch_async(url, policy, resolver, transport)
-    except TimeoutError as exc:
-        raise FetchError(
-            f"fetching {url} took longer than {policy.total_timeout_s:g} s; try a faster host"
-        ) from exc
+    """:func:`fetch_url` for event-loop servers, on a thread pool of its own.
 
-
-async def _fetch_async(
-    url: str,
-    policy: FetchPolicy,
-    resolver: AsyncResolver,
-    transport: httpx.AsyncBaseTransport | None,
-) -> bytes:
-    deadline = time.monotonic() + policy.total_timeout_s
-    target = _parse_url(url)
-    hop = await _hop_for_async(target, policy, resolver)  # refuse before opening a client
-    async with httpx.AsyncClient(
-        timeout=_timeout(policy),
-        trust_env=False,
-        transport=transport,
-        verify=_ssl_context(),
-        event_hooks={"response": [_refuse_other_scheme_redirects_async]},
-    ) as client:
-        for attempt in range(policy.max_redirects + 1):
-            if attempt:
-                hop = await _hop_for_async(target, policy, resolver)
-            try:
-                response = await client.send(_request(client, hop), stream=True)
-                try:
-                    next_url = _redirect_target(response, hop)
-                    if next_url is None:
-                        _check_declared_size(response, hop, policy)
-                        body = _BodyBuffer(hop, policy, deadline)
-                        async for chunk in response.aiter_bytes():
-                            body.add(chunk)
-                        return body.getvalue()
-                finally:
-                    await response.aclose()
-            except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:
-                raise _wrap_transport_error(exc, hop.url) from exc
-            target = _parse_url(next_url)
-    raise FetchError(f"{url} redirected more than {policy.max_redirects} times")
+    The fetch (resolving, reading, inflating) never runs on the event loop; if the caller is
+    cancelled, the thread still stops at the fetch's deadline. Same checks, same errors.
+    """
+    call = functools.partial(fetch_url, url, policy, resolver=resolver, transport=transport)
+    return await asyncio.get_running_loop().run_in_executor(_fetch_pool(), call)
