@@ -110,11 +110,17 @@ def many_scan_jpeg(size: tuple[int, int] = (2000, 2000), repeats: int = 500) -> 
     return data[:-2] + scan * repeats + b"\xff\xd9"
 
 
-def raw_png(size: tuple[int, int], bit_depth: int = 16, color_type: int = 0) -> bytes:
+def raw_png(
+    size: tuple[int, int],
+    bit_depth: int = 16,
+    color_type: int = 0,
+    declared: tuple[int, int] | None = None,
+) -> bytes:
     """A flat PNG of any bit depth and colour type (0 grey, 2 RGB, 4 grey+alpha, 6 RGBA).
 
     Zero rows compress about 1000:1, so a file of a few tens of KB declares hundreds of MB of
-    decoded pixels. The rows are compressed in pieces, never held whole.
+    decoded pixels. The rows are compressed in pieces, never held whole. ``declared`` puts
+    another size in the header (a pixel bomb: the header lies, the data is short).
     """
     import struct
     import zlib
@@ -130,6 +136,7 @@ def raw_png(size: tuple[int, int], bit_depth: int = 16, color_type: int = 0) -> 
         crc = struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
         return struct.pack(">I", len(body)) + kind + body + crc
 
+    width, height = declared or size
     header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
@@ -141,7 +148,7 @@ def raw_png(size: tuple[int, int], bit_depth: int = 16, color_type: int = 0) -> 
 
 def animated_gif(frames: int, size: tuple[int, int] = (8, 8)) -> bytes:
     """A GIF with ``frames`` frames of alternating colours."""
-    images = [Image.new("P", size, index % 2) for index in range(frames)]
+    images = [Image.new("L", size, 255 * (index % 2)) for index in range(frames)]
     buffer = io.BytesIO()
     images[0].save(buffer, "GIF", save_all=True, append_images=images[1:], duration=10)
     return buffer.getvalue()

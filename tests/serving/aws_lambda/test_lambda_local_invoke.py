@@ -148,3 +148,61 @@ def test_load_handler_names_what_is_wrong() -> None:
         load_handler("handler")
     with pytest.raises(ValueError, match="no callable"):
         load_handler("imgclf.serving.aws_lambda.handler.nothing")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-Big": "a" * 40_000}, {f"X-H{i}": "1" for i in range(150)}],
+    ids=["one-40kb-header", "150-headers"],
+)
+def test_oversized_or_too_many_headers_get_431(
+    invoke_url: str, headers: dict[str, str]
+) -> None:
+    answer = httpx.post(f"{invoke_url}{INVOKE_PATH}", json={}, headers=headers, timeout=10)
+    assert answer.status_code == 431
+
+
+@pytest.fixture
+def trickling_upstream() -> Iterator[str]:
+    """An upstream that sends its status line, then a header one byte every 50 ms."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve_one(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not stop.wait(0.05):
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/slow.jpg"
+    stop.set()
+    listener.close()
+
+
+def test_trickling_upstream_is_cut_at_the_fetch_deadline(
+    monkeypatch: pytest.MonkeyPatch, invoke_url: str, trickling_upstream: str, image_bytes: Any
+) -> None:
+    """Issue #19: the handler hung for good on such an upstream, and every later event with it."""
+    monkeypatch.setenv("URL_ALLOW_LOOPBACK", "1")
+    monkeypatch.setenv("URL_TIMEOUT_S", "1")
+    url = f"{invoke_url}{INVOKE_PATH}"
+    answer = httpx.post(url, json={"url": trickling_upstream}, timeout=10)
+    assert answer.status_code == 200  # the invoke URL answers what the handler returned
+    assert answer.json()["statusCode"] == 400
+    assert "longer than 1 s" in answer.json()["detail"]
+    assert answer.elapsed.total_seconds() < 3
+    image = {"image": b64(image_bytes("red"))}
+    assert httpx.post(url, json=image, timeout=10).json()["class"] == "red"

@@ -221,3 +221,11 @@ def test_health_endpoints(http: httpx.Client) -> None:
     assert http.get("/v2").json()["name"] == "imgclf"
     meta = http.get("/v2/models/colors/versions/1").json()
     assert meta["inputs"][1] == {"name": "pixels", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}
+
+
+def test_oversized_or_too_many_headers_get_431(model_server: ModelServer) -> None:
+    """Issue #19: the model server's REST API caps headers as the REST service does."""
+    base = f"http://127.0.0.1:{model_server.http_port}"
+    for headers in ({"X-Big": "a" * 40_000}, {f"X-H{i}": "1" for i in range(150)}):
+        assert httpx.get(f"{base}/v2/health/live", headers=headers).status_code == 431
+    assert httpx.get(f"{base}/v2/health/live").status_code == 200

@@ -125,6 +125,9 @@ def fetch_image(url: str, settings: LambdaSettings) -> bytes:
         allowed_hosts=settings.url_allowed_hosts,
         max_bytes=settings.url_max_bytes,
         allow_loopback=settings.url_allow_loopback,
+        total_timeout_s=settings.url_timeout_s,
+        connect_timeout_s=min(3.0, settings.url_timeout_s),
+        read_timeout_s=min(5.0, settings.url_timeout_s),
     )
     return fetch_url(url, policy)
 

@@ -21,6 +21,7 @@ Variable               Meaning
 ``URL_MAX_BYTES``      Largest image downloaded for ``{"url": ...}`` requests (default 10 MB).
 ``URL_ALLOWED_HOSTS``  Comma-separated host allow-list for ``{"url": ...}`` (default: any public).
 ``URL_ALLOW_LOOPBACK`` ``1`` lets ``{"url": ...}`` reach 127.0.0.1 (local tests only).
+``URL_TIMEOUT_S``      Whole-fetch deadline for ``{"url": ...}``, connect to last byte (default 15).
 =====================  =======================================================================
 """
 
@@ -54,6 +55,7 @@ class LambdaSettings:
     url_max_bytes: int = 10 * 1024 * 1024
     url_allowed_hosts: tuple[str, ...] = ()
     url_allow_loopback: bool = False
+    url_timeout_s: float = 15.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> LambdaSettings:
@@ -82,6 +84,7 @@ class LambdaSettings:
             url_max_bytes=_positive_int(environ, "URL_MAX_BYTES", None) or 10 * 1024 * 1024,
             url_allowed_hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()),
             url_allow_loopback=_flag(environ, "URL_ALLOW_LOOPBACK"),
+            url_timeout_s=float(_positive_int(environ, "URL_TIMEOUT_S", 15) or 15),
         )
 
 
