@@ -28,6 +28,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
+
 from PIL import Image
 
 from imgclf.errors import ImageTooCostlyError, ImageTooLargeError, OverloadedError
@@ -204,16 +206,15 @@ def check_jpeg_scans(data: bytes, pixels: int, budget: ImageBudget, name: str) -
         )
 
 
-class DeadlineReader(io.RawIOBase):
-    """A read-only file over bytes that fails once its deadline has passed.
+class DeadlineReader(io.BytesIO):
+    """An in-memory file whose reads fail once its deadline has passed.
 
     Pillow decoders pull their input in blocks of at most 64 KiB through ``read``; checking the
     clock there stops a slow decode between two blocks and frees its thread.
     """
 
     def __init__(self, data: bytes, deadline: float | None, timeout_s: float | None, name: str):
-        super().__init__()
-        self._data = io.BytesIO(data)
+        super().__init__(data)
         self.deadline, self._timeout_s, self._name = deadline, timeout_s, name
 
     def check(self) -> None:
@@ -224,25 +225,20 @@ class DeadlineReader(io.RawIOBase):
                 "or simpler image"
             )
 
-    def readable(self) -> bool:  # noqa: D102 - io.RawIOBase protocol
-        return True
-
-    def seekable(self) -> bool:  # noqa: D102
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:  # noqa: D102
+    def read(self, size: int | None = -1, /) -> bytes:
+        """Read like :class:`io.BytesIO`, unless the deadline has passed."""
         self.check()
-        return self._data.read(-1 if size is None else size)
+        return super().read(size)
 
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]  # noqa: D102
+    def read1(self, size: int | None = -1, /) -> bytes:
+        """Read like :class:`io.BytesIO`, unless the deadline has passed."""
         self.check()
-        return self._data.readinto(buffer)
+        return super().read1(size)
 
-    def seek(self, offset: int, whence: int = 0) -> int:  # noqa: D102
-        return self._data.seek(offset, whence)
-
-    def tell(self) -> int:  # noqa: D102
-        return self._data.tell()
+    def readinto(self, buffer: Any, /) -> int:
+        """Read like :class:`io.BytesIO`, unless the deadline has passed."""
+        self.check()
+        return super().readinto(buffer)
 
 
 class DecodeMemoryPool:

@@ -11,9 +11,9 @@ The pipeline for inference and evaluation is::
 ``open_image`` guards against bad input before any pixel is decoded: it checks the format against an
 allow-list and the image against an :class:`~imgclf.image_budget.ImageBudget` (declared pixels,
 frames, JPEG scans and decode memory, so a tiny PNG declaring 100000x100000 pixels is refused in
-microseconds, and a wall-clock deadline while decoding), uses JPEG draft mode to decode at a reduced scale when the image is
-much larger than needed, applies the EXIF orientation and converts every mode (grayscale,
-palette, CMYK, alpha, 16-bit) to RGB.
+microseconds, and a wall-clock deadline while decoding), uses JPEG draft mode to decode at a
+reduced scale when the image is much larger than needed, applies the EXIF orientation and
+converts every mode (grayscale, palette, CMYK, alpha, 16-bit) to RGB.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from imgclf.errors import (
     InputError,
     UnsupportedMediaError,
 )
-from imgclf.image_budget import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS  # re-exported
 from imgclf.image_budget import (
+    DEFAULT_MAX_PIXELS,
     DeadlineReader,
     DecodeMemoryPool,
     ImageBudget,
@@ -249,9 +249,7 @@ def open_image(
         raise UnsupportedMediaError(f"{name}: not a recognised image format") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         limit = budget.max_pixels if budget.max_pixels is not None else Image.MAX_IMAGE_PIXELS
-        raise ImageTooLargeError(
-            f"{name}: more pixels than the limit of {limit:,} pixels"
-        ) from exc
+        raise ImageTooLargeError(f"{name}: more pixels than the limit of {limit:,} pixels") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         if isinstance(exc, InputError):
             raise

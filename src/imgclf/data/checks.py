@@ -18,7 +18,8 @@ from imgclf.data import cache as cache_module
 from imgclf.data.cache import CheckCache
 from imgclf.data.layout import IMAGE_EXTENSIONS
 from imgclf.errors import InputError
-from imgclf.preprocessing import DEFAULT_MAX_PIXELS, open_image
+from imgclf.image_budget import DEFAULT_MAX_PIXELS
+from imgclf.preprocessing import open_image
 
 #: JPEGs are checked in draft mode at 1/8 scale: every coefficient is still entropy-decoded (so
 #: corruption is caught) but the inverse DCT and colour conversion nearly vanish (~30% less CPU).

@@ -15,10 +15,10 @@ import numpy as np
 
 from imgclf.bundle import Bundle, load_bundle, verify_artifact
 from imgclf.errors import BundleError, InputError
+from imgclf.image_budget import DEFAULT_MAX_PIXELS, ImageBudget
 from imgclf.inference.predictions import Prediction, check_top_k, softmax, to_predictions
 from imgclf.inference.runtimes import RUNTIMES, Runtime, open_runtime
 from imgclf.preprocessing import (
-    DEFAULT_MAX_PIXELS,
     ImageSource,
     PreprocessConfig,
     load_pixels,
@@ -93,6 +93,8 @@ class Predictor:
         self.bundle = bundle
         self.artifact = artifact
         self.max_pixels = max_pixels
+        #: What one input image may cost to decode (pixels, memory, scans, frames, time).
+        self.budget = ImageBudget(max_pixels=max_pixels)
         self._runtime = runtime
         self._config = bundle.preprocess_config
         if runtime.input_size is not None and runtime.input_size != self._config.input_size:
@@ -161,7 +163,7 @@ class Predictor:
 
     def load_pixels(self, source: ImageSource) -> np.ndarray:
         """Decode, resize and crop one image to uint8 ``(H, W, 3)`` (raises ``InputError``)."""
-        return load_pixels(source, self._config, max_pixels=self.max_pixels)
+        return load_pixels(source, self._config, budget=self.budget)
 
     def predict(self, source: ImageSource, top_k: int = 5) -> Prediction:
         """Classify one image given as bytes, a path or a binary file object.

@@ -54,7 +54,7 @@ def _answer_431(reason: str) -> bytes:
 
 
 def header_capped_protocol(max_bytes: int, max_count: int) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol with caps on the header section (``uvicorn.run(http=...)``).
+    """The httptools protocol of uvicorn with header caps, for ``uvicorn.run(http=...)``.
 
     Args:
         max_bytes: Request line plus header names and values, in bytes.
@@ -96,7 +96,7 @@ def header_capped_protocol(max_bytes: int, max_count: int) -> type[asyncio.Proto
             self.transport.close()
             # Raising stops the parser; uvicorn would answer the parse error with a 400, which
             # send_400_response below leaves out, since this connection has its answer.
-            raise _HeadersRefused(reason)
+            raise _HeaderLimitError(reason)
 
         def send_400_response(self, msg: str) -> None:
             if not self._refused:
@@ -109,7 +109,7 @@ def header_capped_protocol(max_bytes: int, max_count: int) -> type[asyncio.Proto
     return HeaderCappedProtocol
 
 
-class _HeadersRefused(Exception):
+class _HeaderLimitError(Exception):
     """Raised from a parser callback to stop parsing a request already answered 431."""
 
 

@@ -155,9 +155,7 @@ def test_load_handler_names_what_is_wrong() -> None:
     [{"X-Big": "a" * 40_000}, {f"X-H{i}": "1" for i in range(150)}],
     ids=["one-40kb-header", "150-headers"],
 )
-def test_oversized_or_too_many_headers_get_431(
-    invoke_url: str, headers: dict[str, str]
-) -> None:
+def test_oversized_or_too_many_headers_get_431(invoke_url: str, headers: dict[str, str]) -> None:
     answer = httpx.post(f"{invoke_url}{INVOKE_PATH}", json={}, headers=headers, timeout=10)
     assert answer.status_code == 431
 
