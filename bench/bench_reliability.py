@@ -13,12 +13,16 @@ Against a real uvicorn subprocess on 127.0.0.1, with real clothing test JPEGs:
    refused (503) in under 50 ms while accepted requests keep their latency and ``/health`` answers;
 3. **SIGTERM under load**: no request already sent may fail; the process exits within its grace;
 4. **sustained**: a bounded run at ~70% of peak with 0 errors; server memory growth per 1000
-   requests is measured.
+   requests is measured;
+5. **costly inputs** (``costly.py``, its own section): crafted images whose decode cost their size
+   does not show, hostile upstreams, oversized headers and a greedy client, against a default
+   server: 0 5xx, every request within its budget, an ordinary client's p99 at most 2x, peak RSS
+   under 400 MB and back within 50 MB 10 s after.
 
 Usage::
 
     .venv/bin/python bench/bench_reliability.py [--bundle DIR] [--sustained-seconds 150]
-        [--hostile-only] [--update-docs]
+        [--hostile-only | --costly-only] [--costly-seconds 30] [--update-docs]
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ import httpx
 from PIL import Image
 
 from common import command_line, markdown_table, update_docs
+from costly import SECTION as COSTLY_SECTION
+from costly import costly_text, run_costly_phase
 from hostile import HostileResult, case_rows, run_hostile_phase, summary
 from serving_harness import (
     LoadResult,
@@ -349,6 +355,10 @@ def main() -> None:
     parser.add_argument(
         "--hostile-only", action="store_true", help="only the bad- and hostile-input phases"
     )
+    parser.add_argument(
+        "--costly-only", action="store_true", help="only the costly-input phase (its own section)"
+    )
+    parser.add_argument("--costly-seconds", type=float, default=30)
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args()
     if args.hostile_only and args.update_docs:
@@ -356,9 +366,13 @@ def main() -> None:
 
     bundle = resolve_bundle(args.bundle)
     images = load_test_jpegs()
+    # The redirecting page and the hostile upstreams are on 127.0.0.1.
+    os.environ["IMGCLF_URL_ALLOW_LOOPBACK"] = "true"
+    if args.costly_only:
+        run_costly(bundle, images, args)
+        return
     options = ["--queue-size", str(args.queue_size), "--graceful-shutdown-s", str(args.grace)]
     options += ["--body-timeout-s", str(args.body_timeout_s)]
-    os.environ["IMGCLF_URL_ALLOW_LOOPBACK"] = "true"  # the redirecting page is on 127.0.0.1
     with tempfile.TemporaryDirectory() as tmp:
         server = ServerProcess(bundle, Path(tmp) / "main.log", *options)
         try:
@@ -388,6 +402,18 @@ def main() -> None:
     print("bad inputs all ok:", bad_ok)
     if args.update_docs:
         update_docs(SECTION, text)
+    run_costly(bundle, images, args)
+
+
+def run_costly(bundle: Path, images: list[bytes], args: argparse.Namespace) -> None:
+    """The costly-input phase on a fresh default server; prints (and records) its section."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_costly_phase(bundle, images, Path(tmp) / "costly.log", args.costly_seconds)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    text = costly_text(result, command_line(), load)
+    print(text)
+    if args.update_docs:
+        update_docs(COSTLY_SECTION, text)
 
 
 if __name__ == "__main__":

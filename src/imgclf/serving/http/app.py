@@ -113,8 +113,11 @@ def run_server(settings: ServeSettings, *, backend: InferenceBackend | None = No
     import uvicorn
 
     from imgclf.serving.header_limits import uvicorn_options
+    from imgclf.serving.memory import tune_malloc
 
     configure_logging(settings.log_level, json_lines=settings.log_json)
+    if settings.tune_malloc:
+        tune_malloc()
     uvicorn.run(
         create_app(settings, backend=backend),
         host=settings.host,

@@ -91,6 +91,11 @@ class ServeSettings(BaseSettings):
     decode_timeout_s: float = Field(
         5.0, gt=0, le=120, description="Wall-clock time to decode one image; longer gets 422"
     )
+    tune_malloc: bool = Field(
+        True,
+        description="Fix glibc's mmap threshold at 1 MiB and use 2 malloc arenas, so memory "
+        "freed after large images goes back to the system (see imgclf.serving.memory)",
+    )
     max_header_bytes: int = Field(
         DEFAULT_MAX_HEADER_BYTES,
         ge=1024,
