@@ -16,7 +16,6 @@ RSS under 400 MB, RSS within 50 MB of the start 10 s after the attack.
 from __future__ import annotations
 
 import asyncio
-import functools
 import gzip
 import http.server
 import sys
@@ -64,8 +63,13 @@ class CostlyCase:
 
 def costly_cases() -> list[CostlyCase]:
     """Crafted images (varied formats, bit depths, scans, frames) and hostile upstream URLs."""
-    image = functools.partial(CostlyCase, budget_s=DECODE_BUDGET_S)
-    url = functools.partial(CostlyCase, budget_s=URL_BUDGET_S)
+
+    def image(name: str, expected: int, data: bytes) -> CostlyCase:
+        return CostlyCase(name, DECODE_BUDGET_S, expected, image=data)
+
+    def url(name: str, expected: int, upstream_path: str) -> CostlyCase:
+        return CostlyCase(name, URL_BUDGET_S, expected, upstream_path=upstream_path)
+
     return [
         image("progressive JPEG 4000x4000, 506 scans", 422, many_scan_jpeg((4000, 4000), 500)),
         image("progressive JPEG 4000x4000, 60 scans", 422, many_scan_jpeg((4000, 4000), 54)),

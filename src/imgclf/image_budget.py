@@ -206,6 +206,19 @@ def check_jpeg_scans(data: bytes, pixels: int, budget: ImageBudget, name: str) -
         )
 
 
+class DecodeLaneError(Exception):
+    """The image needs more memory than the decode lane allows: decode it in the large lane.
+
+    Not an input error and never shown to a client: a server raises it from its fast lane (a
+    ``lane_limit`` on :func:`imgclf.preprocessing.open_image`) and decodes the image again on
+    the thread it keeps for large images, so they never hold up ordinary photos.
+    """
+
+    def __init__(self, nbytes: int) -> None:
+        super().__init__(f"needs about {nbytes / 2**20:,.0f} MiB to decode")
+        self.nbytes = nbytes
+
+
 class DeadlineReader(io.BytesIO):
     """An in-memory file whose reads fail once its deadline has passed.
 

@@ -39,6 +39,7 @@ from imgclf.errors import (
 from imgclf.image_budget import (
     DEFAULT_MAX_PIXELS,
     DeadlineReader,
+    DecodeLaneError,
     DecodeMemoryPool,
     ImageBudget,
     check_declared,
@@ -215,6 +216,8 @@ def open_image(
     draft_size: int | None = None,
     budget: ImageBudget | None = None,
     memory: DecodeMemoryPool | None = None,
+    deadline: float | None = None,
+    lane_limit: int | None = None,
 ) -> Image.Image:
     """Decode an image safely into an RGB Pillow image with its EXIF orientation applied.
 
@@ -226,6 +229,11 @@ def open_image(
             are still at least this many pixels (much faster for large photos).
         budget: Every limit on the decode's cost (default: only ``max_pixels``).
         memory: Pool the decode reserves its estimated memory from while it runs.
+        deadline: ``time.monotonic()`` by which the decode must be done (default: the budget's
+            timeout from now); a server sets it when the request arrives, so time spent waiting
+            for a decode thread counts too.
+        lane_limit: Raise :class:`~imgclf.image_budget.DecodeLaneError` instead of decoding an
+            image whose estimated memory is over this (within the budget all the same).
 
     Returns:
         A fully loaded RGB image.
@@ -239,12 +247,14 @@ def open_image(
     """
     budget = budget if budget is not None else ImageBudget.pixels_only(max_pixels)
     data, name = _read_source(source)
-    reader = DeadlineReader(data, budget.deadline(), budget.timeout_s, name)
+    deadline = deadline if deadline is not None else budget.deadline()
+    reader = DeadlineReader(data, deadline, budget.timeout_s, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(reader) as image:
-                return _decode_opened(image, data, name, budget, draft_size, memory, reader)
+                lanes = (memory, lane_limit)
+                return _decode_opened(image, data, name, budget, draft_size, lanes, reader)
     except UnidentifiedImageError as exc:
         raise UnsupportedMediaError(f"{name}: not a recognised image format") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -262,7 +272,7 @@ def _decode_opened(
     name: str,
     budget: ImageBudget,
     draft_size: int | None,
-    memory: DecodeMemoryPool | None,
+    lanes: tuple[DecodeMemoryPool | None, int | None],
     reader: DeadlineReader,
 ) -> Image.Image:
     fmt = image.format or "unknown"
@@ -279,6 +289,9 @@ def _decode_opened(
         if draft_size is not None:
             image.draft("RGB", (draft_size, draft_size))
     cost = check_decode_memory(image, budget, name)
+    memory, lane_limit = lanes
+    if lane_limit is not None and cost > lane_limit:
+        raise DecodeLaneError(cost)
     with memory.reserve(cost, reader.deadline) if memory is not None else nullcontext():
         image.load()
         reader.check()
@@ -331,13 +344,21 @@ def load_pixels(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     budget: ImageBudget | None = None,
     memory: DecodeMemoryPool | None = None,
+    deadline: float | None = None,
+    lane_limit: int | None = None,
 ) -> np.ndarray:
     """Decode, resize and crop one image into uint8 ``(H, W, 3)`` model-ready pixels.
 
-    ``max_pixels``, ``budget`` and ``memory`` are as for :func:`open_image`.
+    The keyword arguments are as for :func:`open_image`.
     """
     image = open_image(
-        source, max_pixels=max_pixels, draft_size=config.resize_size, budget=budget, memory=memory
+        source,
+        max_pixels=max_pixels,
+        draft_size=config.resize_size,
+        budget=budget,
+        memory=memory,
+        deadline=deadline,
+        lane_limit=lane_limit,
     )
     return np.asarray(resize_and_crop(image, config), dtype=np.uint8)
 

@@ -159,6 +159,7 @@ async def _start(services: Services, given: InferenceBackend | None) -> None:
         }
     )
     services.decode_pool = ThreadPoolExecutor(settings.decode_threads, "imgclf-decode")
+    services.large_decode_pool = ThreadPoolExecutor(1, "imgclf-decode-large")
     batcher = MicroBatcher(
         backend.infer,
         max_batch_size=settings.max_batch_size,
@@ -192,8 +193,9 @@ async def _stop(services: Services) -> None:
     services.draining = True
     if services.batcher is not None:
         await services.batcher.stop()
-    if services.decode_pool is not None:
-        services.decode_pool.shutdown(wait=True)
+    for pool in (services.decode_pool, services.large_decode_pool):
+        if pool is not None:
+            pool.shutdown(wait=True)
     close = getattr(services.backend, "close", None)
     if callable(close):
         close()

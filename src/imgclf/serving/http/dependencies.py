@@ -39,6 +39,8 @@ class Services:
     backend: InferenceBackend | None = None
     batcher: MicroBatcher | None = None
     decode_pool: ThreadPoolExecutor | None = None
+    #: One thread for images over ``settings.large_decode_bytes``.
+    large_decode_pool: ThreadPoolExecutor | None = None
     limiter: TokenBucketLimiter | None = None
     warmed: bool = False
     draining: bool = False

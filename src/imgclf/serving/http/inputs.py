@@ -11,7 +11,7 @@ import asyncio
 import base64
 import binascii
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -20,6 +20,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from imgclf.errors import ForbiddenURLError, ImageDecodeError, InputError, UnsupportedMediaError
+from imgclf.image_budget import DecodeLaneError
 from imgclf.inference.fetch import fetch_url_async
 from imgclf.preprocessing import load_pixels
 from imgclf.serving.backend import InferenceBackend
@@ -156,15 +157,15 @@ async def decode_images(
     Raises:
         InputError: The first bad image's error; with several images it names the position.
     """
-    assert services.decode_pool is not None
-    loop = asyncio.get_running_loop()
     load = functools.partial(
         load_pixels,
         config=backend.preprocess_config,
         budget=services.image_budget,
         memory=services.decode_memory,
+        # From now, not from when a decode thread is free: waiting in line counts too.
+        deadline=services.image_budget.deadline(),
     )
-    tasks = [loop.run_in_executor(services.decode_pool, load, data) for data in images]
+    tasks = [_decode_in_lane(data, load, services) for data in images]
     results = await asyncio.gather(*tasks, return_exceptions=True)
     for index, result in enumerate(results):
         if isinstance(result, InputError):
@@ -174,6 +175,19 @@ async def decode_images(
         if isinstance(result, BaseException):
             raise result
     return np.stack([r for r in results if isinstance(r, np.ndarray)])
+
+
+async def _decode_in_lane(
+    data: bytes, load: Callable[..., np.ndarray], services: Services
+) -> np.ndarray:
+    """Decode on the shared pool, or on the large-image thread when the estimate is large."""
+    assert services.decode_pool is not None and services.large_decode_pool is not None
+    loop = asyncio.get_running_loop()
+    small = functools.partial(load, data, lane_limit=services.settings.large_decode_bytes)
+    try:
+        return await loop.run_in_executor(services.decode_pool, small)
+    except DecodeLaneError:
+        return await loop.run_in_executor(services.large_decode_pool, load, data)
 
 
 async def classify_images(

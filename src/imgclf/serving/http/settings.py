@@ -88,6 +88,12 @@ class ServeSettings(BaseSettings):
         description="Estimated memory of all images being decoded at once; a decode that does "
         "not fit waits for others (up to its deadline)",
     )
+    large_decode_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1 << 20,
+        description="Images estimated to need more memory than this to decode are decoded one "
+        "at a time on a thread of their own, so they never hold up ordinary photos",
+    )
     decode_timeout_s: float = Field(
         5.0, gt=0, le=120, description="Wall-clock time to decode one image; longer gets 422"
     )
