@@ -45,7 +45,7 @@ from PIL import Image
 
 from common import command_line, markdown_table, update_docs
 from costly import SECTION as COSTLY_SECTION
-from costly import costly_text, run_costly_phase
+from costly import costly_facts, costly_text, run_costly_phase
 from hostile import HostileResult, case_rows, run_hostile_phase, summary
 from serving_harness import (
     LoadResult,
@@ -413,7 +413,7 @@ def run_costly(bundle: Path, images: list[bytes], args: argparse.Namespace) -> N
     text = costly_text(result, command_line(), load)
     print(text)
     if args.update_docs:
-        update_docs(COSTLY_SECTION, text)
+        update_docs(COSTLY_SECTION, text, costly_facts(result))
 
 
 if __name__ == "__main__":

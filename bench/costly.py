@@ -30,10 +30,11 @@ from typing import ClassVar
 
 import httpx
 
+from hostile import ordinary_client
 from serving_harness import REPO, ServerProcess, percentile, rss_mb
 
 sys.path.insert(0, str(REPO / "tests"))
-from imgtools import animated_gif, many_scan_jpeg, raw_png
+from imgtools import animated_gif, many_scan_jpeg, raw_png, trickle
 
 SECTION = "## Reliability: costly inputs"
 PEAK_RSS_MB = 400.0
@@ -111,14 +112,7 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
             head = b"HTTP/1.1 200 OK\r\nX-Slow: "
             if self.path == "/trickle-body":
                 head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
-            self.wfile.write(head)
-            for _ in range(60):
-                try:
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                except OSError:
-                    return
-                time.sleep(1.0)
+            trickle(self.wfile, head, every_s=1.0, count=60)
             return
         coding, body = self.bodies[self.path]
         self.send_response(200)
@@ -220,20 +214,8 @@ async def _greedy(port: int, stop: asyncio.Event) -> dict[int, int]:
 
 async def _ordinary(base: str, images: list[bytes], stop: asyncio.Event) -> list[float]:
     """Photos classified one after another (0.1 s apart); the latencies in ms (inf: not 200)."""
-    latencies: list[float] = []
-    async with httpx.AsyncClient(timeout=60) as client:
-        index = 0
-        while not stop.is_set():
-            files = {"file": ("x.jpg", images[index % len(images)], "image/jpeg")}
-            start = time.monotonic()
-            try:
-                ok = (await client.post(f"{base}/predict", files=files)).status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            latencies.append((time.monotonic() - start) * 1000 if ok else float("inf"))
-            index += 1
-            await asyncio.sleep(0.1)
-    return latencies
+    answers = await ordinary_client(base, images, stop, pause_s=0.1)
+    return [ms if status == 200 else float("inf") for status, ms in answers]
 
 
 async def _for(seconds: float, stop: asyncio.Event) -> None:
@@ -388,3 +370,12 @@ def costly_text(result: CostlyResult, command: str, load: str) -> str:
         )
         + "\n"
     )
+
+
+def costly_facts(result: CostlyResult) -> dict[str, str]:
+    """The numbers README quotes (``<!-- bench:costly.* -->``), as shown there."""
+    return {
+        "costly.peak_rss_mb": f"{result.peak_rss_mb:.0f}",
+        "costly.rss_start_mb": f"{result.rss_start_mb:.0f}",
+        "costly.rss_after_mb": f"{result.rss_after_mb:.0f}",
+    }

@@ -339,19 +339,24 @@ async def _slowloris(port: int, seconds: float) -> bool:
         return True
 
 
-async def _ordinary_client(base: str, images: list[bytes], stop: asyncio.Event) -> list[int]:
-    statuses: list[int] = []
-    async with httpx.AsyncClient(timeout=30) as client:
+async def ordinary_client(
+    base: str, images: list[bytes], stop: asyncio.Event, pause_s: float = 0.5
+) -> list[tuple[int, float]]:
+    """Classify photos one after another, ``pause_s`` apart: (status, ms) of each (0: failed)."""
+    answers: list[tuple[int, float]] = []
+    async with httpx.AsyncClient(timeout=60) as client:
         index = 0
         while not stop.is_set():
             files = {"file": ("x.jpg", images[index % len(images)], "image/jpeg")}
+            start = time.monotonic()
             try:
-                statuses.append((await client.post(f"{base}/predict", files=files)).status_code)
+                status = (await client.post(f"{base}/predict", files=files)).status_code
             except httpx.HTTPError:
-                statuses.append(0)
+                status = 0
+            answers.append((status, (time.monotonic() - start) * 1000))
             index += 1
-            await asyncio.sleep(0.5)
-    return statuses
+            await asyncio.sleep(pause_s)
+    return answers
 
 
 @dataclass
@@ -445,7 +450,7 @@ async def _all_at_once(
     slowloris: int,
 ) -> tuple[list[tuple[str, float]], list[bool], list[int]]:
     stop = asyncio.Event()
-    ordinary = asyncio.create_task(_ordinary_client(server.base, images, stop))
+    ordinary = asyncio.create_task(ordinary_client(server.base, images, stop))
     lingering = body_timeout_s + 5
     loris = [asyncio.create_task(_slowloris(server.port, lingering)) for _ in range(slowloris)]
     stalls = [
@@ -459,7 +464,7 @@ async def _all_at_once(
     await matrix
     closed = await asyncio.gather(*loris)
     stop.set()
-    return stall_results, closed, await ordinary
+    return stall_results, closed, [status for status, _ in await ordinary]
 
 
 def case_rows(result: HostileResult) -> list[list[str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -152,3 +153,19 @@ def animated_gif(frames: int, size: tuple[int, int] = (8, 8)) -> bytes:
     buffer = io.BytesIO()
     images[0].save(buffer, "GIF", save_all=True, append_images=images[1:], duration=10)
     return buffer.getvalue()
+
+
+def trickle(out: Any, head: bytes, every_s: float, count: int) -> None:
+    """Write ``head``, then one byte every ``every_s`` seconds, ``count`` times or until the
+    reader goes away: an upstream that is slow without ever being idle long enough to time out.
+    """
+    import time
+
+    out.write(head)
+    for _ in range(count):
+        try:
+            out.write(b"x")
+            out.flush()
+        except OSError:
+            return
+        time.sleep(every_s)
