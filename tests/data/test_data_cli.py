@@ -42,7 +42,7 @@ def test_inspect_prints_a_table(dataset: Path, capsys: pytest.CaptureFixture[str
         "duplicates 4 groups of identical files (0 across splits, 0 with different classes):"
         in (lines)
     )
-    assert "  train/red/extra_0.jpg = train/red/red_000.jpg" in lines
+    assert "  train/red/extra_0.jpg (train) = train/red/red_000.jpg (train)" in lines
 
 
 def test_inspect_json(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -61,6 +61,10 @@ def test_inspect_json(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert len(report["duplicates"]) == 4
     assert report["duplicates"][0] == {
         "paths": ["train/red/extra_0.jpg", "train/red/red_000.jpg"],
+        "files": [
+            {"path": "train/red/extra_0.jpg", "split": "train", "class": "red"},
+            {"path": "train/red/red_000.jpg", "split": "train", "class": "red"},
+        ],
         "splits": ["train"],
         "classes": ["red"],
         "across_splits": False,
@@ -78,6 +82,10 @@ def test_leaked_and_mislabelled_copies_are_flagged(
     [leak] = [group for group in groups if group["across_splits"]]
     assert leak == {
         "paths": ["test/green/green_002.jpg", "train/blue/copy.jpg"],
+        "files": [
+            {"path": "test/green/green_002.jpg", "split": "test", "class": "green"},
+            {"path": "train/blue/copy.jpg", "split": "train", "class": "blue"},
+        ],
         "splits": ["test", "train"],
         "classes": ["blue", "green"],
         "across_splits": True,
@@ -87,8 +95,8 @@ def test_leaked_and_mislabelled_copies_are_flagged(
     out = capsys.readouterr().out
     assert "(1 across splits, 1 with different classes)" in out
     assert (
-        "  test/green/green_002.jpg = train/blue/copy.jpg  [across splits, different classes]"
-        in (out.splitlines())
+        "  test/green/green_002.jpg (test) = train/blue/copy.jpg (train)  "
+        "[across splits, different classes]" in out.splitlines()
     )
     assert main(["data", "inspect", str(dataset), "--no-check", "--strict"]) == 1
     capsys.readouterr()
@@ -107,6 +115,27 @@ def test_inspect_single_folder_shows_the_carved_splits(
     assert report["carved"] == ["validation", "test"]
     assert main(args) == 0
     assert "validation, test made by a seeded stratified split" in capsys.readouterr().out
+
+
+def test_duplicates_name_the_carved_split_of_each_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Validation carved from train/: a copy across it is a leak the paths alone do not show."""
+    root = write_color_dataset(tmp_path / "two", per_class=10, splits=("train", "test"))
+    red = root / "train" / "red"
+    for index in range(10):  # every red image twice: some pairs straddle train and validation
+        (red / f"copy_{index}.jpg").write_bytes((red / f"red_{index:03d}.jpg").read_bytes())
+    assert main(["data", "inspect", str(root), "--no-check", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["carved"] == ["validation"]
+    leaks = [group for group in report["duplicates"] if group["across_splits"]]
+    assert leaks, "the seeded split should put some pair on both sides"
+    [validation] = [f for f in leaks[0]["files"] if f["split"] == "validation"]
+    assert validation["path"].startswith("train/red/")
+    assert main(["data", "inspect", str(root), "--no-check"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    expected = f"{validation['path']} (validation, carved)"
+    assert any(expected in line and line.endswith("[across splits]") for line in out), out
 
 
 def test_strict_fails_on_problems(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -39,8 +39,10 @@ def find_duplicates(dataset: DatasetSplits) -> list[dict[str, Any]]:
     """Groups of byte-identical images, flagged when they span splits or classes.
 
     Returns:
-        One entry per group: ``paths`` (relative to the root), ``splits``, ``classes``,
-        ``across_splits`` (leaks between splits) and ``conflicting_labels``.
+        One entry per group: ``paths`` (relative to the root), ``files`` (each path with its
+        ``split`` and ``class``: a carved split's files sit in another split's folder, so the
+        path alone does not say), ``splits``, ``classes``, ``across_splits`` (leaks between
+        splits) and ``conflicting_labels``.
     """
     located = [
         (record.path, split, dataset.classes[record.label])
@@ -58,9 +60,17 @@ def find_duplicates(dataset: DatasetSplits) -> list[dict[str, Any]]:
             continue
         splits = sorted({split for _, split, _ in members})
         classes = sorted({name for _, _, name in members})
+        files = sorted(
+            (
+                {"path": _shown_path(dataset, path), "split": split, "class": name}
+                for path, split, name in members
+            ),
+            key=lambda file: file["path"],
+        )
         duplicates.append(
             {
-                "paths": sorted(_shown_path(dataset, path) for path, _, _ in members),
+                "paths": [file["path"] for file in files],
+                "files": files,
                 "splits": splits,
                 "classes": classes,
                 "across_splits": len(splits) > 1,
@@ -112,11 +122,11 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"problems  {len(problems) or 'none'}" + (" files skipped:" if problems else ""))
     lines.extend(f"  {p['path']}: {p['reason']}" for p in problems)
     if report["duplicates"] is not None:
-        lines.extend(_duplicate_lines(report["duplicates"]))
+        lines.extend(_duplicate_lines(report["duplicates"], report["carved"]))
     return "\n".join(lines)
 
 
-def _duplicate_lines(duplicates: list[dict[str, Any]]) -> list[str]:
+def _duplicate_lines(duplicates: list[dict[str, Any]], carved: list[str]) -> list[str]:
     if not duplicates:
         return ["duplicates none"]
     across = sum(group["across_splits"] for group in duplicates)
@@ -135,8 +145,15 @@ def _duplicate_lines(duplicates: list[dict[str, Any]]) -> list[str]:
             if present
         ]
         suffix = f"  [{', '.join(flags)}]" if flags else ""
-        lines.append(f"  {' = '.join(group['paths'])}{suffix}")
+        files = (_file_with_split(file, carved) for file in group["files"])
+        lines.append(f"  {' = '.join(files)}{suffix}")
     return lines
+
+
+def _file_with_split(file: dict[str, str], carved: list[str]) -> str:
+    """``train/cat/a.jpg (validation, carved)``: the split a file is in, not just its folder."""
+    split = file["split"]
+    return f"{file['path']} ({split}{', carved' if split in carved else ''})"
 
 
 def _count_table(report: dict[str, Any], splits: list[str]) -> list[str]:
