@@ -6,7 +6,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# Training needs torch + torchvision; these versions install from the local wheel cache here.
+# Training needs torch + torchvision. pip fetches these pins from its index like any package
+# (PyPI unless you configured another): on Linux x86-64 that torch wheel is the CUDA build and
+# brings the nvidia-* runtime wheels with it, about 4.3 GB installed (torch itself 1.2 GB), GPU or
+# not. For a smaller CPU-only install, first install the same pins from PyTorch's CPU wheel index
+# (pytorch.org's install page gives the command), then run make: pip keeps what is installed.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 # TFLite export gets its own environment: litert-torch pins older pydantic/typing-extensions than
 # the serving stack, and it must work without the serving extras.
