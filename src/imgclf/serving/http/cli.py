@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -169,10 +170,14 @@ def run_serve(args: argparse.Namespace) -> int:
     from imgclf.serving.http.app import run_server
 
     settings = build_settings(args)
+    check_port_free(settings.host, settings.port)
+    backend = None
     if settings.model_server_url is None:
-        from imgclf.bundle import load_bundle
+        from imgclf.serving.http.backends import load_backend
 
-        load_bundle(settings.model, verify=False)  # a clear error now, not a lifespan traceback
+        # Opened now: a bundle without a runnable artifact, or a corrupt one, is then a one-line
+        # error and exit 2 instead of a traceback in uvicorn's startup log and exit 3.
+        backend = load_backend(settings)
     elif (
         importlib.util.find_spec("tritonclient") is None or importlib.util.find_spec("grpc") is None
     ):
@@ -180,5 +185,29 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError(
             "imgclf serve --model-server needs the grpc extra: pip install 'imgclf[serve,grpc]'"
         )
-    run_server(settings)
+    run_server(settings, backend=backend)
     return 0
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on, before uvicorn starts.
+
+    Uvicorn would report it as a JSON log line among its start-up lines and exit 3; this is the
+    one-line error every other command gives. (Another process can still take the port in between;
+    uvicorn's own error covers that race.)
+
+    Raises:
+        ConfigError: The address cannot be bound (in use, not local, not permitted).
+    """
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}; stop what uses it or "
+                "pick another --port"
+            ) from exc
