@@ -2,10 +2,11 @@
 
 Each document's ``bash`` and ``python`` blocks run in order in one bash session, in a copy of the
 repository (the files a clone would have, plus uncommitted work), with podman standing in for
-Docker through the ``docker`` shim in ``shims/`` and the photos the docs name created in the
-copy's root. Blocks that cannot run here carry a visible ``<!-- docs-test: skip: REASON -->``
-annotation and are listed in ``KNOWN_SKIPS``, so a new block runs unless someone decides
-otherwise; long-running commands are annotated ``background`` (see ``docs_runner``).
+Docker through the ``docker`` shim in ``shims/`` and the photos the docs name
+(``tests/fixtures/clothing``) in the copy's root. Blocks that cannot run here carry a visible
+``<!-- docs-test: skip: REASON -->`` annotation and are listed in ``KNOWN_SKIPS``, so a new
+block runs unless someone decides otherwise; long-running commands are annotated ``background``
+(see ``docs_runner``).
 
 The image builds share their layers with the other container tests (same Dockerfiles, same
 context), so after those the builds here are cache hits.
@@ -25,10 +26,9 @@ from pathlib import Path
 import pytest
 from docs_runner import BashSession, Block, extract_blocks
 
-from imgtools import clothing_dir
-
 REPO = Path(__file__).resolve().parents[2]
 SHIMS = Path(__file__).parent / "shims"
+FIXTURES = REPO / "tests" / "fixtures" / "clothing"
 DOCUMENTS = ("README.md", "docs/deployment.md", "deploy/lambda/README.md")
 BASE_IMAGE = os.environ.get("IMGCLF_TEST_BASE_IMAGE", "localhost/python:3.11-slim")
 #: Host ports the documents' commands publish or listen on.
@@ -130,22 +130,10 @@ def copy_repository(target: Path) -> None:
 
 
 def write_photos(root: Path) -> None:
-    """``photo.jpg`` and ``shirt.jpg``: clothing test photos (``shirt.jpg`` one the bundled model
-    calls a shirt, as the docs' sample answers show), else generated images."""
-    test_dir = clothing_dir() / "test"
-    if not (test_dir / "shirt").is_dir():
-        from imgtools import COLORS, encode_image, make_image
-
-        for name in ("photo.jpg", "shirt.jpg"):
-            (root / name).write_bytes(encode_image(make_image(COLORS["blue"], (256, 256))))
-        return
-    from imgclf.inference.predictor import Predictor
-
-    predictor = Predictor.from_bundle(REPO / BUNDLED_MODEL)
-    shirts = sorted((test_dir / "shirt").glob("*.jpg"))
-    shirt = next((p for p in shirts if predictor.predict(p).label == "shirt"), shirts[0])
-    shutil.copy(shirt, root / "shirt.jpg")
-    shutil.copy(sorted((test_dir / "t-shirt").glob("*.jpg"))[0], root / "photo.jpg")
+    """``photo.jpg`` and ``shirt.jpg``: the clothing photos the docs' sample answers describe,
+    shipped in ``tests/fixtures/clothing`` (CC0; origin there) so a fresh clone runs the docs."""
+    for name in ("photo.jpg", "shirt.jpg"):
+        shutil.copy(FIXTURES / name, root / name)
 
 
 def require_podman() -> None:
