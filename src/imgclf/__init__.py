@@ -7,6 +7,8 @@ pulls in torch (training, export) or FastAPI (serving)::
 
     predictor = Predictor.from_bundle()          # the bundled clothing model
     print(predictor.predict("photo.jpg").label)
+
+``train_and_export`` trains a bundle and exports it for serving (needs the ``train`` extra).
 """
 
 from __future__ import annotations
@@ -17,11 +19,19 @@ from imgclf._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = ["Bundle", "Predictor", "PreprocessConfig", "__version__", "load_bundle"]
+__all__ = [
+    "Bundle",
+    "Predictor",
+    "PreprocessConfig",
+    "__version__",
+    "load_bundle",
+    "train_and_export",
+]
 
 if TYPE_CHECKING:
     from imgclf.bundle import Bundle, load_bundle
     from imgclf.inference.predictor import Predictor
+    from imgclf.pipeline import train_and_export
     from imgclf.preprocessing import PreprocessConfig
 
 _LAZY: dict[str, str] = {
@@ -29,6 +39,7 @@ _LAZY: dict[str, str] = {
     "load_bundle": "imgclf.bundle",
     "Predictor": "imgclf.inference.predictor",
     "PreprocessConfig": "imgclf.preprocessing",
+    "train_and_export": "imgclf.pipeline",
 }
 
 
