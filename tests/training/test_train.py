@@ -204,6 +204,7 @@ def test_cli_train_prints_metrics(
             "--threads",
             "2",
             "--no-report",
+            "--no-export",  # the export after training: tests/test_pipeline.py
         ]
     )
     assert code == 0
@@ -224,7 +225,7 @@ def test_cli_reports_errors_without_traceback(
 def test_crop_mode_reaches_the_bundle(color_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "squash"
     args = ["train", str(color_dataset), "-o", str(out), "--image-size", "64", "--epochs", "0"]
-    code = main([*args, "--crop-mode", "squash", "--threads", "2", "--no-report"])
+    code = main([*args, "--crop-mode", "squash", "--threads", "2", "--no-report", "--no-export"])
     assert code == 0
     bundle = load_bundle(out)
     assert bundle.preprocess_config.crop_mode == "squash"
