@@ -34,7 +34,7 @@ kubernetes_validate = pytest.importorskip(
     "kubernetes_validate", reason="pip install kubernetes-validate (the dev extra has it)"
 )
 
-KUSTOMIZATIONS = ("base", "overlays/dev", "overlays/prod")
+KUSTOMIZATIONS = ("base", "overlays/dev", "overlays/prod", "overlays/s3-model")
 NAMESPACED_EXEMPT = {"Namespace"}
 
 
@@ -179,6 +179,54 @@ def settings_from_env(env: dict[str, str]) -> dict[str, str]:
         assert field in fields, f"{key}: imgclf serve has no setting {field!r}"
         kwargs[field] = value
     return kwargs
+
+
+def test_only_the_gateway_reaches_the_model_server(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    name, docs = rendered
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    pod_labels = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+        for d in by_kind(docs, "Deployment")
+    }
+    selected = [
+        deployment
+        for deployment, labels in pod_labels.items()
+        if policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert selected == ["imgclf-model-server"], name
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}, "no namespace or IP peers: the gateway pods only"
+    allowed = [
+        deployment
+        for deployment, labels in pod_labels.items()
+        if peer["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert allowed == ["imgclf-gateway"], name
+    assert [p["port"] for p in rule["ports"]] == ["grpc"]
+    gateway_config = named(docs, "ConfigMap", "imgclf-gateway-config")["data"]
+    assert gateway_config["IMGCLF_MODEL_SERVER_URL"].endswith(":8001")  # the port let through
+
+
+def test_s3_overlay_pulls_the_model_at_start_up() -> None:
+    docs = kustomize(K8S_DIR / "overlays/s3-model")
+    deployment = named(docs, "Deployment", "imgclf-model-server")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = build_parser().parse_args(["model-server", *container["args"]])
+    assert args.bundle.startswith("s3://") and args.bundle.endswith("/")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    for path in (str(args.repository), str(args.model_cache)):
+        assert "emptyDir" in volumes[mounts[path]], f"{path} must be writable (read-only root)"
+    account = named(docs, "ServiceAccount", "imgclf-model-server")
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert account["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    prod = named(kustomize(K8S_DIR / "overlays/prod"), "Deployment", "imgclf-model-server")
+    assert prod["spec"]["replicas"] == deployment["spec"]["replicas"]
 
 
 def test_model_server_arguments_are_accepted_by_the_cli() -> None:

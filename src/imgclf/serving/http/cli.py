@@ -18,6 +18,7 @@ _FIELDS = (
     "model",
     "model_server_url",
     "model_name",
+    "model_cache_dir",
     "artifact",
     "threads",
     "host",
@@ -46,7 +47,15 @@ def register(subparsers: Any) -> None:
         "be set as an IMGCLF_<OPTION> environment variable.",
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", "-m", help="bundle directory (default: the bundled model)")
+    source.add_argument(
+        "--model",
+        "-m",
+        help="bundle directory, .tar.gz, s3://bucket/prefix/ or https://host/bundle.tar.gz"
+        "[#sha256=HEX], downloaded once to --model-cache (default: the bundled model)",
+    )
+    parser.add_argument(
+        "--model-cache", dest="model_cache_dir", type=Path, help="cache for remote bundles"
+    )
     source.add_argument(
         "--model-server",
         dest="model_server_url",
@@ -171,8 +180,14 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = build_settings(args)
     if settings.model_server_url is None:
         from imgclf.bundle import load_bundle
+        from imgclf.inference.bundle_source import fetch_bundle
+        from imgclf.serving.http.backends import fetch_options
 
-        load_bundle(settings.model, verify=False)  # a clear error now, not a lifespan traceback
+        # Downloaded (and its errors raised) now, not as a lifespan traceback; the app then opens
+        # the verified local copy.
+        local = fetch_bundle(settings.model, options=fetch_options(settings))
+        load_bundle(local, verify=False)
+        settings = settings.model_copy(update={"model": None if local is None else str(local)})
     elif (
         importlib.util.find_spec("tritonclient") is None or importlib.util.find_spec("grpc") is None
     ):
