@@ -336,6 +336,45 @@ def test_kserve_transformer_turns_the_predictor_host_into_a_grpc_target(tmp_path
     assert missing.returncode == 2 and "predictor_host" in missing.stderr
 
 
+# ---- KubeRay -------------------------------------------------------------------------------------
+
+
+def test_rayjob_runs_a_bulk_prediction_imgclf_accepts() -> None:
+    import shlex
+
+    from imgclf.inference.ray_engine import parse_actors
+
+    docs = load_yaml_documents(K8S_DIR / "ray" / "bulk-rayjob.yaml")
+    (job,) = [d for d in docs if d["kind"] == "RayJob"]
+    (account,) = [d for d in docs if d["kind"] == "ServiceAccount"]
+    validate(account)
+    assert job["apiVersion"] == "ray.io/v1"
+    spec = job["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+    command = shlex.split(spec["entrypoint"])
+    assert command[:2] == ["imgclf", "predict"]
+    args = build_parser().parse_args(command[1:])
+    assert (args.engine, args.address) == ("ray", "auto")
+    assert args.model.startswith("s3://") and args.output.startswith("s3://")
+    assert all(source.startswith("s3://") for source in args.inputs)
+    cluster = spec["rayClusterSpec"]
+    assert re.fullmatch(r"2\.\d+\.\d+", cluster["rayVersion"]), "the image's Ray version"
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
+               "spec": group["template"]["spec"]}  # fmt: skip
+        validate(pod)
+        assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        for container in pod["spec"]["containers"]:
+            assert container["resources"]["requests"] == container["resources"]["limits"]
+    (workers,) = cluster["workerGroupSpecs"]
+    assert workers["minReplicas"] <= workers["replicas"] <= workers["maxReplicas"]
+    _, high = parse_actors(args.actors)
+    worker_cpus = int(workers["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+    assert high <= workers["maxReplicas"] * worker_cpus // args.actor_cpus, "actors that fit"
+
+
 # ---- compose ------------------------------------------------------------------------------------
 
 
