@@ -236,8 +236,9 @@ def test_s3_model_and_s3_source(
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     import csv
+    import io
 
-    rows = list(csv.DictReader((tmp_path / "rows.csv").open()))
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "rows.csv").read_text())))
     assert len(rows) == 13
     for row in rows:
         assert row["path"].startswith(f"s3://{bucket}/photos/")
