@@ -208,7 +208,6 @@ def _pipeline(
         # Reading waits on storage, not on a core: reserving CPUs for it could leave none free
         # once the actors hold theirs (a deadlock on a small cluster).
         num_cpus=0,
-        max_retries=-1,  # a task lost with its worker is run again
     )
     return dataset.map_batches(
         Classifier,
@@ -223,8 +222,8 @@ def _pipeline(
         num_cpus=opts.actor_cpus,
         batch_size=opts.batch_size,
         batch_format="numpy",
-        max_restarts=-1,  # an actor whose process dies is started again...
-        max_task_retries=-1,  # ...and its unfinished batches are re-run
+        # Ray Data's defaults restart an actor whose process dies and re-run its unfinished
+        # batches, and re-run a task lost with its worker (tests kill an actor to check).
     )
 
 
