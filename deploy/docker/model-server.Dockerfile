@@ -7,7 +7,10 @@
 #
 # The repository at /models is written at build time from the bundled model by imgclf's Triton
 # exporter (imgclf.export.triton); mount your own repository over it to serve other models (the
-# server picks up new versions without a restart). No torch: ONNX Runtime runs the models.
+# server picks up new versions without a restart), or pull a bundle at start-up with
+# `--bundle https://host/bundle.tar.gz#sha256=<hex>` (`--bundle s3://bucket/prefix/` needs boto3:
+# the s3 extra in deploy/locks/serve.txt; see deploy/k8s/overlays/s3-model). No torch: ONNX
+# Runtime runs the models.
 ARG BASE_IMAGE=python:3.11-slim
 
 # ---- deps: third-party dependencies only, so editing the source keeps this layer cached ----------

@@ -34,7 +34,7 @@ kubernetes_validate = pytest.importorskip(
     "kubernetes_validate", reason="pip install kubernetes-validate (the dev extra has it)"
 )
 
-KUSTOMIZATIONS = ("base", "overlays/dev", "overlays/prod")
+KUSTOMIZATIONS = ("base", "overlays/dev", "overlays/prod", "overlays/s3-model")
 NAMESPACED_EXEMPT = {"Namespace"}
 
 
@@ -181,6 +181,54 @@ def settings_from_env(env: dict[str, str]) -> dict[str, str]:
     return kwargs
 
 
+def test_only_the_gateway_reaches_the_model_server(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    name, docs = rendered
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    pod_labels = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+        for d in by_kind(docs, "Deployment")
+    }
+    selected = [
+        deployment
+        for deployment, labels in pod_labels.items()
+        if policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert selected == ["imgclf-model-server"], name
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}, "no namespace or IP peers: the gateway pods only"
+    allowed = [
+        deployment
+        for deployment, labels in pod_labels.items()
+        if peer["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert allowed == ["imgclf-gateway"], name
+    assert [p["port"] for p in rule["ports"]] == ["grpc"]
+    gateway_config = named(docs, "ConfigMap", "imgclf-gateway-config")["data"]
+    assert gateway_config["IMGCLF_MODEL_SERVER_URL"].endswith(":8001")  # the port let through
+
+
+def test_s3_overlay_pulls_the_model_at_start_up() -> None:
+    docs = kustomize(K8S_DIR / "overlays/s3-model")
+    deployment = named(docs, "Deployment", "imgclf-model-server")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = build_parser().parse_args(["model-server", *container["args"]])
+    assert args.bundle.startswith("s3://") and args.bundle.endswith("/")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    for path in (str(args.repository), str(args.model_cache)):
+        assert "emptyDir" in volumes[mounts[path]], f"{path} must be writable (read-only root)"
+    account = named(docs, "ServiceAccount", "imgclf-model-server")
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert account["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    prod = named(kustomize(K8S_DIR / "overlays/prod"), "Deployment", "imgclf-model-server")
+    assert prod["spec"]["replicas"] == deployment["spec"]["replicas"]
+
+
 def test_model_server_arguments_are_accepted_by_the_cli() -> None:
     docs = kustomize(K8S_DIR / "base")
     deployment = named(docs, "Deployment", "imgclf-model-server")
@@ -286,6 +334,45 @@ def test_kserve_transformer_turns_the_predictor_host_into_a_grpc_target(tmp_path
         transformer["command"], capture_output=True, text=True, env=env, timeout=10, check=False
     )
     assert missing.returncode == 2 and "predictor_host" in missing.stderr
+
+
+# ---- KubeRay -------------------------------------------------------------------------------------
+
+
+def test_rayjob_runs_a_bulk_prediction_imgclf_accepts() -> None:
+    import shlex
+
+    from imgclf.inference.ray_engine import parse_actors
+
+    docs = load_yaml_documents(K8S_DIR / "ray" / "bulk-rayjob.yaml")
+    (job,) = [d for d in docs if d["kind"] == "RayJob"]
+    (account,) = [d for d in docs if d["kind"] == "ServiceAccount"]
+    validate(account)
+    assert job["apiVersion"] == "ray.io/v1"
+    spec = job["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+    command = shlex.split(spec["entrypoint"])
+    assert command[:2] == ["imgclf", "predict"]
+    args = build_parser().parse_args(command[1:])
+    assert (args.engine, args.address) == ("ray", "auto")
+    assert args.model.startswith("s3://") and args.output.startswith("s3://")
+    assert all(source.startswith("s3://") for source in args.inputs)
+    cluster = spec["rayClusterSpec"]
+    assert re.fullmatch(r"2\.\d+\.\d+", cluster["rayVersion"]), "the image's Ray version"
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
+               "spec": group["template"]["spec"]}  # fmt: skip
+        validate(pod)
+        assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        for container in pod["spec"]["containers"]:
+            assert container["resources"]["requests"] == container["resources"]["limits"]
+    (workers,) = cluster["workerGroupSpecs"]
+    assert workers["minReplicas"] <= workers["replicas"] <= workers["maxReplicas"]
+    _, high = parse_actors(args.actors)
+    worker_cpus = int(workers["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+    assert high <= workers["maxReplicas"] * worker_cpus // args.actor_cpus, "actors that fit"
 
 
 # ---- compose ------------------------------------------------------------------------------------

@@ -62,6 +62,9 @@ KNOWN_SKIPS: dict[tuple[str, str], str] = {
         "docs/deployment.md",
         "kubectl apply -k deploy/k8s/overlays/dev",
     ): "needs a Kubernetes cluster",
+    ("docs/deployment.md", "kubectl apply -f deploy/k8s/ray/bulk-rayjob.yaml"): (
+        "needs a Kubernetes cluster"
+    ),
     ("docs/deployment.md", "imgclf export my-bundle --format triton --out repo"): (
         "needs an AWS account and a KServe cluster"
     ),

@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,7 +44,7 @@ def test_folder_recursion_and_broken_files_in_jsonl(
 ) -> None:
     code, out, _ = run_cli(["--model", str(tiny_bundle), "--format", "jsonl", str(photos)], capsys)
     rows = [json.loads(line) for line in out.splitlines()]
-    by_name = {Path(row["input"]).name: row for row in rows}
+    by_name = {Path(row["path"]).name: row for row in rows}
     assert set(by_name) == {
         "a_red.jpg",
         "b_green.PNG",
@@ -95,13 +96,14 @@ def test_csv_output_to_file(
     assert code == 1
     assert out == ""
     rows = list(csv.DictReader(io.StringIO(target.read_text())))
-    assert [Path(r["input"]).name for r in rows] == [
+    assert [Path(r["path"]).name for r in rows] == [
         "a_red.jpg", "d_corrupt.jpg", "e_empty.png", "b_green.PNG", "c_blue.webp",
     ]  # fmt: skip
-    good = {Path(r["input"]).name: r for r in rows if not r["error"]}
+    good = {Path(r["path"]).name: r for r in rows if not r["error"]}
     assert good["a_red.jpg"]["class"] == "red"
     assert float(good["a_red.jpg"]["probability"]) > 0.5
-    assert good["a_red.jpg"]["top_k"].startswith("red:")
+    assert json.loads(good["a_red.jpg"]["top_k"])[0]["class"] == "red"
+    assert good["a_red.jpg"]["model"] == "colors"
     assert sum(1 for r in rows if r["error"]) == 2
 
 
@@ -115,8 +117,8 @@ def test_forbidden_url_is_reported_per_input(
     )
     rows = [json.loads(line) for line in out.splitlines()]
     assert code == 1
-    assert rows[0]["input"] == url
-    assert "error" in rows[0]
+    assert rows[0]["path"] == url
+    assert rows[0]["error"]
     assert rows[1]["class"] == "red"
 
 
@@ -184,3 +186,127 @@ def test_unknown_artifact_is_a_clear_error(
     code, _, err = run_cli(["--model", str(tiny_bundle), "--artifact", "tflite", "x.jpg"], capsys)
     assert code == 2
     assert "no 'tflite' artifact" in err
+
+
+def test_parquet_output_resumes_without_duplicates(
+    tiny_bundle: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pq = pytest.importorskip("pyarrow.parquet", reason="Parquet needs the ray extra (pyarrow)")
+    out = tmp_path / "rows"
+    first = [str(photos / "a_red.jpg"), str(photos / "d_corrupt.jpg")]
+    code, _, err = run_cli(["--model", str(tiny_bundle), *first, "-o", str(out)], capsys)
+    assert code == 1 and "2 rows written" in err
+    code, _, err = run_cli(["--model", str(tiny_bundle), str(photos), "-o", str(out)], capsys)
+    assert "3 rows written to" in err and "2 already there" in err
+    rows = pq.read_table(out).to_pylist()
+    assert sorted(Path(r["path"]).name for r in rows) == [
+        "a_red.jpg", "b_green.PNG", "c_blue.webp", "d_corrupt.jpg", "e_empty.png",
+    ]  # fmt: skip
+    red = next(r for r in rows if r["path"].endswith("a_red.jpg"))
+    assert (red["class"], red["model"], red["model_version"], red["error"]) == (
+        "red", "colors", "1", None
+    )  # fmt: skip
+    assert red["top_k"][0] == {"class": "red", "prob": red["probability"]}
+    assert not list(out.glob(".*")), "no temporary part left behind"
+
+
+def test_jsonl_output_by_suffix_drops_a_cut_off_last_line(
+    tiny_bundle: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rows.jsonl"
+    row = {"path": str(photos / "a_red.jpg"), "class": "red", "error": None}
+    out.write_text(json.dumps(row) + "\n" + '{"path": "half a line')  # a killed earlier run
+    code, _, err = run_cli(["--model", str(tiny_bundle), str(photos), "-o", str(out)], capsys)
+    assert code == 1 and "4 rows written" in err and "1 already there" in err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 5 and len({r["path"] for r in rows}) == 5
+
+
+def test_manifest_sources(
+    tiny_bundle: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "inputs.csv"
+    manifest.write_text(f"url,label\n{photos / 'a_red.jpg'},x\n{photos / 'c.jpg'},y\n")
+    code, out, _ = run_cli(
+        ["--model", str(tiny_bundle), str(manifest), "--format", "jsonl"], capsys
+    )
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["class"] for r in rows] == ["red", None]
+    assert code == 1
+    jsonl = tmp_path / "inputs.jsonl"
+    jsonl.write_text(json.dumps({"name": "no path column"}) + "\n")
+    code, _, err = run_cli(["--model", str(tiny_bundle), str(jsonl)], capsys)
+    assert code == 2 and "needs a 'path' or 'url' column" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--format", "parquet"], "give -o DIR"),
+        (["--engine", "ray"], "--engine ray writes rows to -o"),
+        (["--engine", "ray", "-o", "out.txt"], "--engine ray writes rows to -o"),
+    ],
+)
+def test_bulk_options_are_checked(
+    tiny_bundle: Path,
+    photos: Path,
+    args: list[str],
+    fragment: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run_cli(["--model", str(tiny_bundle), str(photos), *args], capsys)
+    assert code == 2 and fragment in err
+
+
+def test_s3_inputs_on_the_local_engine(
+    tiny_bundle: Path,
+    image_bytes: ImageFactory,
+    s3: Any,
+    make_bucket: Callable[[str], str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bucket = make_bucket("photos")
+    s3.put_object(Bucket=bucket, Key="in/a_blue.png", Body=image_bytes("blue", fmt="PNG"))
+    s3.put_object(Bucket=bucket, Key="in/b_bad.jpg", Body=b"nope")
+    s3.put_object(Bucket=bucket, Key="in/notes.txt", Body=b"skipped")
+    args = ["--model", str(tiny_bundle), f"s3://{bucket}/in/", "-o", str(tmp_path / "r.jsonl")]
+    code, _, _ = run_cli(args, capsys)
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [(r["path"], r["class"]) for r in rows] == [
+        (f"s3://{bucket}/in/a_blue.png", "blue"),
+        (f"s3://{bucket}/in/b_bad.jpg", None),
+    ]
+    assert code == 1
+
+
+def test_parquet_output_to_s3_resumes(
+    tiny_bundle: Path,
+    photos: Path,
+    s3: Any,
+    make_bucket: Callable[[str], str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pq = pytest.importorskip("pyarrow.parquet", reason="Parquet needs the ray extra (pyarrow)")
+    bucket = make_bucket("results")
+    out = f"s3://{bucket}/runs/one/"
+    run_cli(["--model", str(tiny_bundle), str(photos / "a_red.jpg"), "-o", out], capsys)
+    code, _, err = run_cli(["--model", str(tiny_bundle), str(photos), "-o", out], capsys)
+    assert code == 1 and "4 rows written" in err and "1 already there" in err
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert len(keys) == 2 and all(k.startswith("runs/one/part-") for k in keys)
+    import io
+
+    rows = [
+        row
+        for key in keys
+        for row in pq.read_table(
+            io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        ).to_pylist()
+    ]
+    assert sorted(Path(r["path"]).name for r in rows) == [
+        "a_red.jpg", "b_green.PNG", "c_blue.webp", "d_corrupt.jpg", "e_empty.png",
+    ]  # fmt: skip
+    code, _, err = run_cli(["--model", str(tiny_bundle), str(photos), "-o", out, "--format",
+                            "csv"], capsys)  # fmt: skip
+    assert code == 2 and "an s3:// output is a Parquet dataset" in err

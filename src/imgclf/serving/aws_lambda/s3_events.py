@@ -22,9 +22,9 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from imgclf.errors import ImageTooLargeError, InputError, ServingError
+from imgclf.inference.s3 import describe_client_error, s3_client
 from imgclf.serving.aws_lambda.jsonlog import log_event
 from imgclf.serving.aws_lambda.model_store import LoadedModel
-from imgclf.serving.aws_lambda.s3_client import describe_client_error, s3_client
 from imgclf.serving.aws_lambda.settings import LambdaSettings
 
 

@@ -3,7 +3,8 @@
 =====================  =======================================================================
 Variable               Meaning
 =====================  =======================================================================
-``MODEL_URI``          Bundle to serve: a local directory or ``.tar.gz``, ``s3://bucket/key.tar.gz``
+``MODEL_URI``          Bundle to serve: a local directory or ``.tar.gz``, ``s3://bucket/key.tar.gz``,
+                       ``https://host/model.tar.gz``
                        or ``s3://bucket/prefix/`` (a bundle directory uploaded as-is). Unset: the
                        clothing model shipped inside the image.
 ``MODEL_SHA256``       Expected sha256 of the ``MODEL_URI`` archive (optional; the manifest's

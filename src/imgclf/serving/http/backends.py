@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 
 from imgclf.errors import ConfigError
+from imgclf.inference.bundle_source import FetchOptions, fetch_bundle
 from imgclf.inference.predictor import Predictor
 from imgclf.preprocessing import PreprocessConfig
 from imgclf.serving.backend import InferenceBackend
@@ -26,7 +28,7 @@ class EmbeddedBackend:
     @classmethod
     def from_bundle(
         cls,
-        path: str | None = None,
+        path: str | Path | None = None,
         *,
         artifact: str = "auto",
         threads: int | None = None,
@@ -71,6 +73,13 @@ class EmbeddedBackend:
         return True
 
 
+def fetch_options(settings: ServeSettings) -> FetchOptions:
+    """How a remote ``settings.model`` is downloaded: the cache and the artifact that will run."""
+    if settings.model_cache_dir is None:
+        return FetchOptions(artifact=settings.artifact)
+    return FetchOptions(cache_dir=settings.model_cache_dir, artifact=settings.artifact)
+
+
 def load_backend(settings: ServeSettings) -> InferenceBackend:
     """Open the backend the settings ask for: a remote model server or a local bundle.
 
@@ -93,7 +102,7 @@ def load_backend(settings: ServeSettings) -> InferenceBackend:
             model_name=settings.model_name,
         )
         return backend
-    model = None if settings.model is None else str(settings.model)
+    model = fetch_bundle(settings.model, options=fetch_options(settings))
     threads = settings.threads
     if threads is None and settings.instances > 1:  # share the cores, do not oversubscribe them
         threads = max(1, (os.cpu_count() or 1) // settings.instances)

@@ -19,6 +19,7 @@ _FIELDS = (
     "model",
     "model_server_url",
     "model_name",
+    "model_cache_dir",
     "artifact",
     "threads",
     "host",
@@ -47,7 +48,15 @@ def register(subparsers: Any) -> None:
         "be set as an IMGCLF_<OPTION> environment variable.",
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", "-m", help="bundle directory (default: the bundled model)")
+    source.add_argument(
+        "--model",
+        "-m",
+        help="bundle directory, .tar.gz, s3://bucket/prefix/ or https://host/bundle.tar.gz"
+        "[#sha256=HEX], downloaded once to --model-cache (default: the bundled model)",
+    )
+    parser.add_argument(
+        "--model-cache", dest="model_cache_dir", type=Path, help="cache for remote bundles"
+    )
     source.add_argument(
         "--model-server",
         dest="model_server_url",
@@ -173,10 +182,14 @@ def run_serve(args: argparse.Namespace) -> int:
     check_port_free(settings.host, settings.port)
     backend = None
     if settings.model_server_url is None:
-        from imgclf.serving.http.backends import load_backend
+        from imgclf.inference.bundle_source import fetch_bundle
+        from imgclf.serving.http.backends import fetch_options, load_backend
 
-        # Opened now: a bundle without a runnable artifact, or a corrupt one, is then a one-line
-        # error and exit 2 instead of a traceback in uvicorn's startup log and exit 3.
+        # Downloaded and opened now: a failed download, a bundle without a runnable artifact or a
+        # corrupt one is then a one-line error and exit 2 instead of a traceback in uvicorn's
+        # startup log and exit 3. The app serves the verified local copy.
+        local = fetch_bundle(settings.model, options=fetch_options(settings))
+        settings = settings.model_copy(update={"model": None if local is None else str(local)})
         backend = load_backend(settings)
     elif (
         importlib.util.find_spec("tritonclient") is None or importlib.util.find_spec("grpc") is None

@@ -12,13 +12,18 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from imgclf.image_budget import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS, ImageBudget
 from imgclf.inference.fetch import FetchPolicy
 from imgclf.serving.header_limits import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
 from imgclf.serving.http.schemas import MAX_BATCH_IMAGES
+
+
+def _path_to_text(value: Any) -> Any:
+    """Accept a ``Path`` for ``model`` (it is a URI or a path, kept as text: ``s3://`` survives)."""
+    return str(value) if isinstance(value, Path) else value
 
 
 class ServeSettings(BaseSettings):
@@ -31,7 +36,14 @@ class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMGCLF_", extra="forbid", frozen=True)
 
     # What to serve.
-    model: Path | None = Field(None, description="Bundle directory; unset serves the bundled model")
+    model: Annotated[str | None, BeforeValidator(_path_to_text)] = Field(
+        None,
+        description="Bundle directory, .tar.gz, s3://bucket/prefix/ or "
+        "https://host/bundle.tar.gz[#sha256=...]; unset serves the bundled model",
+    )
+    model_cache_dir: Path | None = Field(
+        None, description="Where remote bundles are cached (default ~/.cache/imgclf/models)"
+    )
     artifact: str = Field("auto", description="Artifact to run: auto, onnx-int8, onnx, tflite")
     threads: int | None = Field(None, ge=1, le=256, description="Runtime intra-op threads")
     model_server_url: str | None = Field(

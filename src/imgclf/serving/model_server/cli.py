@@ -20,9 +20,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--repository", type=Path, required=True, help="model repository dir")
     parser.add_argument(
         "--bundle",
-        type=Path,
-        help="export this bundle into the repository first (as version 1 if the model is new)",
+        help="export this bundle into the repository first (as version 1 if the model is new): "
+        "a directory, .tar.gz, s3://bucket/prefix/ or https://host/bundle.tar.gz[#sha256=HEX]",
     )
+    parser.add_argument("--model-cache", type=Path, help="cache for a remote --bundle")
     parser.add_argument("--model-name", help="model name for --bundle (default: bundle name)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
     parser.add_argument("--grpc-port", type=int, default=8001, help="V2 gRPC port")
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.bundle is not None:
         args.repository.mkdir(parents=True, exist_ok=True)
-        _export_if_new(args.bundle, args.repository, args.model_name)
+        _export_if_new(args.bundle, args.repository, args.model_name, args.model_cache)
     settings = ModelServerSettings(
         repository=args.repository,
         host=args.host,
@@ -93,12 +94,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_if_new(bundle: Path, repository: Path, model_name: str | None) -> None:
+def _export_if_new(
+    bundle: str, repository: Path, model_name: str | None, cache_dir: Path | None
+) -> None:
     from imgclf.bundle import load_bundle
     from imgclf.export.triton import export_triton_repository
+    from imgclf.inference.bundle_source import FetchOptions, fetch_bundle, is_remote
     from imgclf.model_repository import CONFIG_NAME
 
-    loaded = load_bundle(bundle)
+    options = FetchOptions() if cache_dir is None else FetchOptions(cache_dir=cache_dir)
+    local = fetch_bundle(bundle, options=options)
+    # A remote bundle holds only the artifact that runs, already checked against the manifest.
+    loaded = load_bundle(local, verify=not is_remote(bundle))
     name = model_name or loaded.manifest.name
     if (repository / name / CONFIG_NAME).is_file():
         return
