@@ -77,9 +77,10 @@ def run_predict(args: argparse.Namespace) -> int:
         return 1
     results = predict_many(predictor, items, top_k=args.top_k, batch_size=args.batch_size)
     if len(items) >= PROGRESS_FROM:
-        from tqdm import tqdm
+        from imgclf.progress import progress
 
-        results = tqdm(results, total=len(items), unit="img", file=sys.stderr, disable=None)
+        # On stderr: stdout carries only the results (a terminal bar, else plain lines).
+        results = progress(results, desc="predict", total=len(items), unit="img")
     width = max(len(item.name) for item in items)
     if args.output is not None:
         with args.output.open("w", encoding="utf-8", newline="") as out:
