@@ -124,3 +124,26 @@ def test_cli_names_every_phase_in_plain_lines(color_dataset: Path, tmp_path: Pat
     ):
         assert any(line.startswith(phase) for line in lines), (phase, done.stderr)
     assert "bundle:" in done.stdout and "decode" not in done.stdout
+
+
+@pytest.mark.parametrize(("eval_train", "kept"), [(False, 0), (True, 36)])
+def test_train_pixels_are_freed_before_fine_tuning_unless_evaluated(
+    color_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    eval_train: bool,
+    kept: int,
+) -> None:
+    seen: list[int] = []
+    finetune = trainer._finetune
+
+    def spy(model: Any, prep: trainer.Prepared, *args: Any, **kwargs: Any) -> Any:
+        seen.append(len(prep.splits["train"].eval_pixels))
+        return finetune(model, prep, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_finetune", spy)
+    config = TrainConfig(**{**HEAD_ONLY, "epochs": 1}, bf16=False, eval_train=eval_train)
+    result = trainer.train(color_dataset, tmp_path / "run", config, report=False)
+    assert result is not None
+    assert seen == [kept]
+    assert ("train" in result.metrics) is eval_train

@@ -435,6 +435,17 @@ def _write_bundle(
     return bundle
 
 
+def _release_train_pixels(prep: Prepared, config: TrainConfig) -> None:
+    """Free the training split's serving pixels once the head stage has used them.
+
+    Fine-tuning crops from ``train_images``; only ``eval_train`` evaluates these pixels again.
+    Freeing them before the training activations are allocated lowers the run's peak memory.
+    """
+    train = prep.splits["train"]
+    if config.epochs > 0 and not config.eval_train:
+        train.eval_pixels = np.empty((0, *train.eval_pixels.shape[1:]), dtype=np.uint8)
+
+
 def _resume(
     model: nn.Module, checkpoint: Path, config: TrainConfig, labels: list[str]
 ) -> dict[str, Any]:
@@ -532,6 +543,7 @@ def train(
         head = _head_stage(model, prep, config)
         timings["head_s"] = time.perf_counter() - mark
         loop, resumed, head_features = _after_head(model, head), None, head.features
+    _release_train_pixels(prep, config)
     mark = time.perf_counter()
     loop = _finetune(model, prep, config, loop, checkpoint, resumed, stop_after)
     timings["finetune_s"] = time.perf_counter() - mark
