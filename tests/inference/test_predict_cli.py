@@ -310,3 +310,32 @@ def test_parquet_output_to_s3_resumes(
     code, _, err = run_cli(["--model", str(tiny_bundle), str(photos), "-o", out, "--format",
                             "csv"], capsys)  # fmt: skip
     assert code == 2 and "an s3:// output is a Parquet dataset" in err
+
+
+def test_progress_goes_to_stderr_as_plain_lines(
+    tiny_bundle: Path, tmp_path: Path, image_bytes: ImageFactory
+) -> None:
+    """A real ``imgclf predict`` logging stderr: progress lines there, only results on stdout."""
+    import os
+    import subprocess
+    import sys
+
+    colors = ["red", "green", "blue"] * 9
+    for i, color in enumerate(colors):
+        (tmp_path / f"img_{i:03d}_{color}.jpg").write_bytes(image_bytes(color, seed=i))
+    src = Path(__file__).resolve().parents[2] / "src"
+    args = ["predict", "--model", str(tiny_bundle), "--format", "jsonl", "--batch-size", "4"]
+    done = subprocess.run(
+        [sys.executable, "-m", "imgclf", *args, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["class"] for line in done.stdout.splitlines()] == colors
+    assert "\r" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith("predict: 0/27 img")
+    assert lines[-1].startswith("predict: 27/27 img") and "img/s" in lines[-1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -37,8 +38,9 @@ def test_train_writes_a_verified_bundle_and_report(color_dataset: Path, tmp_path
     assert manifest.labels == ["blue", "green", "red"]
     assert manifest.backbone == "tf_efficientnet_lite0"
     assert manifest.preprocess_config.input_size == 64
-    assert set(manifest.metrics) == {"train", "validation", "test"}
+    assert set(manifest.metrics) == {"validation", "test"}  # train only with eval_train
     assert manifest.metrics["test"]["top1"] == pytest.approx(1.0)
+    assert manifest.training["precision"]["name"] in {"fp32", "bf16"}
     assert manifest.dataset is not None
     assert manifest.dataset.counts["train"] == {"blue": 12, "green": 12, "red": 12}
     assert manifest.training["model_kwargs"] == {"drop_rate": 0.2, "drop_path_rate": 0.1}
@@ -75,7 +77,7 @@ def test_single_folder_dataset_is_split(tmp_path: Path) -> None:
     from imgtools import write_color_dataset
 
     root = write_color_dataset(tmp_path / "flat", per_class=15, splits=("",))
-    result = _train(root, tmp_path / "out", epochs=1)
+    result = _train(root, tmp_path / "out", epochs=1, eval_train=True)
     assert set(result.metrics) == {"train", "validation", "test"}
 
 
@@ -242,4 +244,8 @@ def test_eval_pixels_match_serving_preprocessing(color_dataset: Path, crop_mode:
     decoded = decode_split(paths, [0] * 4, config, keep_train_images=True, workers=2)
     expected = np.stack([load_pixels(p, config) for p in paths])
     np.testing.assert_array_equal(decoded.eval_pixels, expected)
-    assert all(min(img.shape[:2]) == config.resize_size for img in decoded.train_images)
+    # Crop sources are never upscaled: these 48x40 photos are kept as they are for 64 px.
+    assert all(img.shape[:2] == (40, 48) for img in decoded.train_images)
+    smaller = dataclasses.replace(config, input_size=32)
+    decoded = decode_split(paths, [0] * 4, smaller, keep_train_images=True, workers=2)
+    assert all(min(img.shape[:2]) == smaller.resize_size for img in decoded.train_images)

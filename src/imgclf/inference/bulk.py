@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -207,10 +206,10 @@ def predict_to_output(
 
 
 def progress_bar(total: int) -> Any:
-    """A progress bar on stderr showing rows done and rows/s (hidden when not a terminal)."""
-    from tqdm import tqdm
+    """Progress on stderr, rows done and rows/s (a bar on a terminal, plain lines otherwise)."""
+    from imgclf.progress import progress
 
-    return tqdm(total=total, unit="row", file=sys.stderr, disable=None, smoothing=0.1)
+    return progress(desc="predict", total=total, unit="row")
 
 
 class RowWriter(Protocol):

@@ -181,9 +181,10 @@ def _run_streaming(args: argparse.Namespace, items: list[InputItem]) -> int:
         predictor, items, top_k=args.top_k, batch_size=args.batch_size, fetch=source_fetcher()
     )
     if len(items) >= PROGRESS_FROM:
-        from tqdm import tqdm
+        from imgclf.progress import progress
 
-        results = tqdm(results, total=len(items), unit="img", file=sys.stderr, disable=None)
+        # On stderr: stdout carries only the results (a terminal bar, else plain lines).
+        results = progress(results, desc="predict", total=len(items), unit="img")
     width = max(len(item.name) for item in items)
     model = (predictor.name, predictor.version)
     fmt = args.format or "table"

@@ -58,7 +58,8 @@ def register(subparsers: Any) -> None:
         "--image-size",
         type=int,
         default=None,
-        help="evaluation/serving input size (default: the backbone's)",
+        help="evaluation/serving input size (default: the backbone's, or 4x the photos' "
+        "median short side when that is smaller, e.g. 128 for 32 px photos)",
     )
     parser.add_argument(
         "--train-size",
@@ -102,7 +103,21 @@ def register(subparsers: Any) -> None:
         "--workers", type=int, default=_DEFAULTS["workers"], help="image decoding threads"
     )
     parser.add_argument(
-        "--no-bf16", dest="bf16", action="store_false", help="disable bfloat16 feature extraction"
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="reduced-precision feature extraction: --bf16 forces it, --no-bf16 forces fp32; "
+        "default: only where the device runs it natively and a short timing shows it faster",
+    )
+    parser.add_argument(
+        "--head-flip",
+        action="store_true",
+        help="also embed mirrored training images for the head fit (a second pass)",
+    )
+    parser.add_argument(
+        "--eval-train",
+        action="store_true",
+        help="also evaluate the training split at the end (slow on large datasets)",
     )
     parser.add_argument("--name", default=None, help="model name (default: the dataset folder)")
     parser.add_argument("--version", dest="model_version", default="1", help="model version")

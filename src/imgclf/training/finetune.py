@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
-from tqdm.auto import tqdm
 
 from imgclf.preprocessing import PreprocessConfig
+from imgclf.progress import progress
 from imgclf.training.images import Augmenter, to_model_input
 from imgclf.training.recipe import TrainConfig
 
@@ -117,8 +117,8 @@ def train_epoch(
     set_train_mode(model, state.frozen)
     total_loss, correct, seen, lr = 0.0, 0, 0, 0.0
     batches = list(_shuffled(len(images), state.config.batch_size, state.rng))
-    progress = tqdm(batches, desc=desc, leave=False)
-    for indices in progress:
+    bar = progress(batches, desc=desc, unit="batch", leave=False)
+    for indices in bar:
         lr = state.apply_lr(optimizer)
         pixels = state.augmenter.batch([images[i] for i in indices])
         inputs = to_model_input(pixels, state.preprocess).to(state.device)
@@ -134,7 +134,8 @@ def train_epoch(
         total_loss += float(loss.detach()) * len(indices)
         correct += int((logits.argmax(1) == targets).sum())
         seen += len(indices)
-        progress.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        # refresh=False: the bar's own interval decides when to redraw (one line per few s in logs)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
     return EpochStats(
         total_loss / max(1, seen), correct / max(1, seen), lr, time.perf_counter() - started
     )
@@ -180,8 +181,11 @@ def predict_probs(
     """Softmax probabilities for uint8 ``(N, H, W, 3)`` pixels in fp32 (what serving computes)."""
     model.eval()
     chunks = []
-    for start in tqdm(range(0, len(pixels), batch_size), desc=desc, leave=False):
+    bar = progress(desc=desc, total=len(pixels), unit="img", leave=False)
+    for start in range(0, len(pixels), batch_size):
         batch = torch.from_numpy(pixels[start : start + batch_size])
         logits = model(to_model_input(batch, config).to(device))
         chunks.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        bar.update(len(batch))
+    bar.close()
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)

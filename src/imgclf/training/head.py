@@ -8,7 +8,6 @@ features ("linear probe, then fine-tune").
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,24 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from imgclf.preprocessing import PreprocessConfig
+from imgclf.progress import progress
 from imgclf.training.images import to_model_input
+from imgclf.training.precision import FP32, Precision, Probe, autocast, timed_forward
 
 log = logging.getLogger(__name__)
 
 #: Weight decays tried for the linear head; the best on validation wins.
 HEAD_WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2)
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[None]:
-    """bfloat16 autocast where it is fast (CUDA, or CPUs with AVX-512 BF16/AMX), else a no-op."""
-    if not enabled:
-        return contextlib.nullcontext()
-    if device.type == "cpu" and not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def _batches(total: int, size: int) -> Iterator[slice]:
@@ -49,23 +40,47 @@ def embed(
     config: PreprocessConfig,
     *,
     device: torch.device,
+    precision: Precision = FP32,
     batch_size: int = 64,
-    bf16: bool = True,
     flip: bool = False,
-    desc: str = "embedding",
+    desc: str = "features",
 ) -> torch.Tensor:
-    """Pooled pre-logit features of uint8 ``(N, H, W, 3)`` pixels, float32 ``(N, D)``."""
+    """Pooled pre-logit features of uint8 ``(N, H, W, 3)`` pixels, float32 ``(N, D)``.
+
+    ``desc`` names the pass on the progress bar (``"features train 1/2"``).
+    """
     net: Any = model.eval()  # timm's forward_features/forward_head are untyped
     chunks = []
-    for part in tqdm(list(_batches(len(pixels), batch_size)), desc=desc, leave=False):
+    bar = progress(desc=desc, total=len(pixels), unit="img", leave=False)
+    for part in _batches(len(pixels), batch_size):
         batch = torch.from_numpy(pixels[part])
         if flip:
             batch = batch.flip(2)
         inputs = to_model_input(batch, config).to(device)
-        with autocast(device, bf16):
+        with precision.autocast(device):
             features = net.forward_head(net.forward_features(inputs), pre_logits=True)
         chunks.append(features.float().cpu())
+        bar.update(len(batch))
+    bar.close()
     return torch.cat(chunks) if chunks else torch.zeros((0, 0))
+
+
+def probe_for(
+    model: nn.Module, pixels: np.ndarray, config: PreprocessConfig, device: torch.device
+) -> Probe:
+    """A precision probe: one forward pass of a batch of ``pixels`` (up to 16 images)."""
+    net: Any = model.eval()
+    inputs = to_model_input(torch.from_numpy(pixels[:16]), config).to(device)
+
+    @torch.inference_mode()
+    def forward(dtype: torch.dtype | None) -> float:
+        def run() -> object:
+            with autocast(device, dtype):
+                return net.forward_head(net.forward_features(inputs), pre_logits=True)
+
+        return timed_forward(run, device)
+
+    return forward
 
 
 @dataclass
@@ -112,7 +127,7 @@ def fit_head(
     """Fit a linear head for each candidate weight decay; keep the best on validation."""
     mean = train_features.mean(0)
     best: HeadFit | None = None
-    for decay in HEAD_WEIGHT_DECAYS:
+    for decay in progress(HEAD_WEIGHT_DECAYS, desc="head fit", unit="fit"):
         head = _fit_linear(train_features - mean, train_labels, num_classes, decay, label_smoothing)
         with torch.no_grad():
             logits = head(val_features - mean)

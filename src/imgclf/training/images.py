@@ -6,8 +6,8 @@ exactly once per run (in parallel threads; Pillow releases the GIL) and kept as 
 * ``eval_pixels``: the exact serving preprocessing (:func:`imgclf.preprocessing.resize_and_crop`
   after :func:`~imgclf.preprocessing.open_image`), used for features, validation and metrics, so
   the numbers in the manifest are the numbers serving will see;
-* ``train_images``: the image with its short side resized to the pre-crop size, from which random
-  crops are taken every epoch.
+* ``train_images``: the image with its short side resized down to the pre-crop size (never up),
+  from which random crops are taken every epoch; only kept when fine-tuning will run.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from torchvision.transforms import v2
 
 from imgclf.errors import ImgclfError
 from imgclf.preprocessing import PreprocessConfig, open_image, resize_and_crop
+from imgclf.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,19 @@ class DecodedSplit:
 
 
 def _short_side_resize(image: Image.Image, size: int, config: PreprocessConfig) -> np.ndarray:
+    """The image with its short side at ``size``, or as it is when already that small or smaller.
+
+    Upscaling a crop source gains nothing (the random crop is resized to the training size
+    anyway) and would cost ``(size / short side)^2`` times the memory: 49x for 32 px photos at 224.
+    """
     width, height = image.size
+    if min(width, height) <= size:
+        return np.array(image, dtype=np.uint8)  # a writable copy: torch.from_numpy needs one
     scale = size / min(width, height)
     new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
     resample = Image.Resampling.BICUBIC if config.interpolation == "bicubic" else None
     resized = image.resize(new_size, resample or Image.Resampling.BILINEAR, reducing_gap=3.0)
-    return np.array(resized, dtype=np.uint8)  # a writable copy: torch.from_numpy needs one
+    return np.array(resized, dtype=np.uint8)
 
 
 def decode_split(
@@ -67,40 +75,49 @@ def decode_split(
     *,
     keep_train_images: bool,
     workers: int = 4,
+    desc: str = "decode",
 ) -> DecodedSplit:
     """Decode images in parallel into serving-identical pixels (and crop sources if asked).
 
-    Files that fail now are reported in ``failed`` and left out, never fatal.
+    Each worker writes its image straight into one preallocated uint8 array, so memory never
+    holds more than the final ``N x S x S x 3`` bytes (plus the crop sources); see
+    docs/design.md, "Training memory". Files that fail now are reported in ``failed`` and left
+    out, never fatal.
     """
+    size = config.input_size
+    pixels = np.empty((len(paths), size, size, 3), dtype=np.uint8)
 
-    def decode(path: Path) -> tuple[np.ndarray, np.ndarray | None] | str:
+    def decode(index: int) -> np.ndarray | str | None:
         try:
-            image = open_image(path, draft_size=config.resize_size)
+            image = open_image(paths[index], draft_size=config.resize_size)
         except ImgclfError as exc:
             return str(exc)
-        eval_pixels = np.asarray(resize_and_crop(image, config), dtype=np.uint8)
-        crop_source = (
-            _short_side_resize(image, config.resize_size, config) if keep_train_images else None
-        )
-        return eval_pixels, crop_source
+        pixels[index] = np.asarray(resize_and_crop(image, config), dtype=np.uint8)
+        return _short_side_resize(image, config.resize_size, config) if keep_train_images else None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(decode, paths))
-    kept_paths, kept_labels, pixels, sources, failed = [], [], [], [], []
-    for path, label, result in zip(paths, labels, results, strict=True):
+        results = list(
+            progress(pool.map(decode, range(len(paths))), desc=desc, total=len(paths), unit="img")
+        )
+    kept: list[int] = []
+    failed: list[tuple[Path, str]] = []
+    for index, result in enumerate(results):
         if isinstance(result, str):
-            log.warning("skipping %s: %s", path, result)
-            failed.append((path, result))
-            continue
-        kept_paths.append(path)
-        kept_labels.append(label)
-        pixels.append(result[0])
-        if result[1] is not None:
-            sources.append(result[1])
-    size = config.input_size
-    stacked = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), dtype=np.uint8)
+            log.warning("skipping %s: %s", paths[index], result)
+            failed.append((paths[index], result))
+        else:
+            kept.append(index)
+    if failed:  # close the gaps in place: no second copy of the array
+        for row, index in enumerate(kept):
+            pixels[row] = pixels[index]
+        pixels = pixels[: len(kept)]
+    sources = [r for r in results if isinstance(r, np.ndarray)]
     return DecodedSplit(
-        kept_paths, np.asarray(kept_labels, dtype=np.int64), stacked, sources, failed
+        [paths[i] for i in kept],
+        np.asarray([labels[i] for i in kept], dtype=np.int64),
+        pixels,
+        sources,
+        failed,
     )
 
 

@@ -3,9 +3,11 @@
 The defaults are the recipe measured on clothing-small (see docs/benchmarks.md); they need no
 tuning for other folder-per-class datasets of photos:
 
-1. **Head stage**: the frozen ImageNet backbone embeds every training image once (centre crop and
-   its mirror image, bf16 on CPUs that support it); a linear head is fitted on those cached
-   features in seconds, with the weight decay picked on the validation split.
+1. **Head stage**: the frozen ImageNet backbone embeds every training and validation image once
+   (the serving centre crop; its mirror image too with ``head_flip``; bf16 only where the device
+   runs it natively and faster, see :mod:`imgclf.training.precision`); a linear head is fitted
+   on those cached features in seconds, with the weight decay picked on the validation split.
+   With ``epochs=0`` the final evaluation reuses those features.
 2. **Fine-tuning stage**: the whole network except the stem and the first blocks is fine-tuned at a
    lower resolution than it is evaluated at (FixRes: random-resized crops make objects look
    larger than centre crops do, and training at ~80% of the test size both compensates and makes
@@ -31,7 +33,8 @@ class TrainConfig:
     Attributes:
         backbone: timm model name or alias (``lite0``, ``lite1``, ``lite2``).
         pretrained: Start from ImageNet weights (strongly recommended).
-        image_size: Evaluation/serving input size; None takes the backbone's pretrained size.
+        image_size: Evaluation/serving input size; None takes the backbone's pretrained size,
+            or less for small photos (see :mod:`imgclf.training.resolution`).
         train_size: Fine-tuning input size; None means 80% of ``image_size`` (multiple of 16).
         crop_pct: Share of the short side kept by the evaluation/serving centre crop. 1.0 keeps
             the whole short side, so details at the edges (sleeves, hems) stay in view; None
@@ -64,7 +67,13 @@ class TrainConfig:
         test_fraction: Test share carved when the data is a single folder of classes.
         threads: CPU threads for torch (None: all cores).
         workers: Threads decoding images.
-        bf16: Use bfloat16 autocast for feature extraction on CPUs that support it.
+        bf16: Reduced precision (bf16; fp16 on GPUs without bf16) for the head stage's feature
+            extraction: True forces it, False forces fp32, None (default) uses it only where
+            the device runs it natively and a short timing shows it faster.
+        head_flip: Also embed the mirror image of every training image for the head fit (a
+            second pass over the training set).
+        eval_train: Also evaluate the training split at the end (metrics, report); off by
+            default because it is the largest split and says little about the model.
         name: Model name written to the manifest.
         version: Model version written to the manifest.
     """
@@ -95,7 +104,9 @@ class TrainConfig:
     test_fraction: float = 0.1
     threads: int | None = None
     workers: int = 4
-    bf16: bool = True
+    bf16: bool | None = None
+    head_flip: bool = False
+    eval_train: bool = False
     name: str | None = None
     version: str = "1"
     extra: dict[str, Any] = field(default_factory=dict)

@@ -15,7 +15,6 @@ import logging
 import os
 import platform
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +24,13 @@ import numpy as np
 import torch
 from timm.utils.model_ema import ModelEmaV3
 from torch import nn
-from tqdm.auto import tqdm
 
 from imgclf.backbones import create_model, default_preprocess_config
 from imgclf.bundle import Bundle, Manifest, load_bundle
 from imgclf.data import DatasetSplits, load_dataset
 from imgclf.errors import ConfigError, DatasetError
 from imgclf.preprocessing import PreprocessConfig
+from imgclf.progress import note
 from imgclf.training.finetune import (
     FinetuneState,
     freeze_early,
@@ -39,9 +38,11 @@ from imgclf.training.finetune import (
     predict_probs,
     train_epoch,
 )
-from imgclf.training.head import embed, fit_head
+from imgclf.training.head import embed, fit_head, probe_for
 from imgclf.training.images import Augmenter, DecodedSplit, decode_split
+from imgclf.training.precision import FP32, Precision, choose_precision
 from imgclf.training.recipe import TrainConfig
+from imgclf.training.resolution import choose_image_size, median_short_side
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,23 @@ class Prepared:
     train_size: int
     splits: dict[str, DecodedSplit]
     device: torch.device
+    image_size_reason: str = ""
+    precision: Precision = FP32
+
+
+def _preprocess_for(dataset: DatasetSplits, config: TrainConfig) -> tuple[PreprocessConfig, str]:
+    """The serving preprocessing to train for, and why its input size was chosen."""
+    image_size, reason = config.image_size, "--image-size given"
+    if image_size is None:
+        backbone_size = default_preprocess_config(config.backbone).input_size
+        short_side = median_short_side([r.path for r in dataset.splits["train"]])
+        image_size, reason = choose_image_size(short_side, backbone_size)
+    preprocess = default_preprocess_config(config.backbone, image_size)
+    if config.crop_pct is not None:
+        preprocess = dataclasses.replace(preprocess, crop_pct=config.crop_pct)
+    if config.crop_mode is not None:
+        preprocess = dataclasses.replace(preprocess, crop_mode=config.crop_mode)
+    return preprocess, reason
 
 
 def prepare(data: str | Path | DatasetSplits, config: TrainConfig) -> Prepared:
@@ -97,37 +115,68 @@ def prepare(data: str | Path | DatasetSplits, config: TrainConfig) -> Prepared:
     for split in ("train", "validation"):
         if not dataset.splits.get(split):
             raise DatasetError(f"{dataset.root}: no usable {split} images; training needs both")
-    preprocess = default_preprocess_config(config.backbone, config.image_size)
-    if config.crop_pct is not None:
-        preprocess = dataclasses.replace(preprocess, crop_pct=config.crop_pct)
-    if config.crop_mode is not None:
-        preprocess = dataclasses.replace(preprocess, crop_mode=config.crop_mode)
+    preprocess, size_reason = _preprocess_for(dataset, config)
+    note(f"image size: {preprocess.input_size} px ({size_reason})")
+    count = len(dataset.splits)
     decoded = {
         name: decode_split(
             [r.path for r in records],
             [r.label for r in records],
             preprocess,
-            keep_train_images=name == "train",
+            keep_train_images=name == "train" and config.epochs > 0,
             workers=config.workers,
+            desc=f"decode {index}/{count} splits ({name})",
         )
-        for name, records in dataset.splits.items()
+        for index, (name, records) in enumerate(dataset.splits.items(), start=1)
     }
     train_size = config.resolved_train_size(preprocess.input_size)
-    return Prepared(dataset, preprocess, train_size, decoded, pick_device())
+    return Prepared(dataset, preprocess, train_size, decoded, pick_device(), size_reason)
 
 
-def _head_stage(model: nn.Module, prep: Prepared, config: TrainConfig) -> dict[str, Any]:
+@dataclass
+class HeadStage:
+    """What the head stage produced: its history row and the fp32 features it computed.
+
+    ``features`` holds pre-logit features per split, only when they were computed in fp32 on the
+    serving pixels, so the final evaluation may reuse them while the network is unchanged.
+    """
+
+    row: dict[str, Any]
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _train_features(model: nn.Module, prep: Prepared, config: TrainConfig) -> torch.Tensor:
+    train = prep.splits["train"]
+    passes = 2 if config.head_flip else 1
+    chunks = [
+        embed(
+            model,
+            train.eval_pixels,
+            prep.preprocess,
+            device=prep.device,
+            precision=prep.precision,
+            flip=flipped,
+            desc=f"features train {index}/{passes}{' (flipped)' if flipped else ''}",
+        )
+        for index, flipped in enumerate((False, True)[:passes], start=1)
+    ]
+    return torch.cat(chunks)
+
+
+def _head_stage(model: nn.Module, prep: Prepared, config: TrainConfig) -> HeadStage:
     train, val = prep.splits["train"], prep.splits["validation"]
     started = time.perf_counter()
-    device, bf16 = prep.device, config.bf16
-    train_features = torch.cat(
-        [
-            embed(model, train.eval_pixels, prep.preprocess, device=device, bf16=bf16),
-            embed(model, train.eval_pixels, prep.preprocess, device=device, bf16=bf16, flip=True),
-        ]
+    train_features = _train_features(model, prep, config)
+    passes = len(train_features) // max(1, len(train))
+    train_labels = torch.from_numpy(np.concatenate([train.labels] * passes))
+    val_features = embed(
+        model,
+        val.eval_pixels,
+        prep.preprocess,
+        device=prep.device,
+        precision=prep.precision,
+        desc="features validation 1/1",
     )
-    train_labels = torch.from_numpy(np.concatenate([train.labels, train.labels]))
-    val_features = embed(model, val.eval_pixels, prep.preprocess, device=device, bf16=bf16)
     fit = fit_head(
         train_features,
         train_labels,
@@ -143,7 +192,7 @@ def _head_stage(model: nn.Module, prep: Prepared, config: TrainConfig) -> dict[s
         train_logits = train_features @ fit.weight.T + fit.bias
         train_acc = float((train_logits.argmax(1) == train_labels).float().mean())
         train_loss = float(nn.functional.cross_entropy(train_logits, train_labels))
-    return {
+    row = {
         "epoch": 0,
         "stage": "head",
         "train_loss": train_loss,
@@ -154,11 +203,14 @@ def _head_stage(model: nn.Module, prep: Prepared, config: TrainConfig) -> dict[s
         "weight_decay": fit.weight_decay,
         "seconds": time.perf_counter() - started,
     }
+    if prep.precision.dtype is not None:
+        return HeadStage(row)  # reduced-precision features differ from what serving computes
+    return HeadStage(row, {"train": train_features[: len(train)], "validation": val_features})
 
 
-def _validate(model: nn.Module, prep: Prepared) -> tuple[float, float]:
+def _validate(model: nn.Module, prep: Prepared, desc: str) -> tuple[float, float]:
     val = prep.splits["validation"]
-    probs = predict_probs(model, val.eval_pixels, prep.preprocess, prep.device, desc="validating")
+    probs = predict_probs(model, val.eval_pixels, prep.preprocess, prep.device, desc=desc)
     picked = probs[np.arange(len(val.labels)), val.labels]
     loss = float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
     return float((probs.argmax(1) == val.labels).mean()), loss
@@ -233,7 +285,7 @@ def _finetune(
             f"epoch {epoch}/{config.epochs}",
         )
         evaluated = state.evaluated(model)
-        val_acc, val_loss = _validate(evaluated, prep)
+        val_acc, val_loss = _validate(evaluated, prep, f"validate {epoch}/{config.epochs}")
         loop.history.append(
             {
                 "epoch": epoch,
@@ -247,11 +299,10 @@ def _finetune(
             }
         )
         # Beside the progress bars (stderr), one line per epoch stays on screen.
-        tqdm.write(
+        note(
             f"epoch {epoch}/{config.epochs}: train loss {stats.loss:.4f} acc {stats.accuracy:.3f}"
             f" | val loss {val_loss:.4f} acc {val_acc:.4f}"
-            f"{' (moving average)' if state.ema is not None else ''} | {stats.seconds:.0f} s",
-            file=sys.stderr,
+            f"{' (moving average)' if state.ema is not None else ''} | {stats.seconds:.0f} s"
         )
         loop.epoch = epoch
         score = (val_acc, -val_loss)
@@ -305,19 +356,56 @@ def _load_checkpoint(path: Path, config: TrainConfig, labels: list[str]) -> dict
     return payload
 
 
-def _final_metrics(model: nn.Module, prep: Prepared) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics and predictions per split with the serving preprocessing, in fp32."""
+def _split_probs(
+    model: nn.Module, prep: Prepared, name: str, features: dict[str, torch.Tensor] | None
+) -> np.ndarray:
+    """Probabilities of one split in fp32 with the serving preprocessing.
+
+    ``features`` (None when the network changed since the head stage) are the head stage's fp32
+    features: the classifier applied to them gives what a full forward pass would, for the cost
+    of one matrix product; a split without cached features is embedded once here.
+    """
+    split, desc = prep.splits[name], f"evaluate {name}"
+    if features is None:
+        return predict_probs(model, split.eval_pixels, prep.preprocess, prep.device, desc=desc)
+    cached = features.get(name)
+    if cached is None:
+        cached = embed(model, split.eval_pixels, prep.preprocess, device=prep.device, desc=desc)
+    classifier: Any = model.get_classifier()  # type: ignore[operator]
+    with torch.no_grad():
+        logits = nn.functional.linear(cached.to(prep.device), classifier.weight, classifier.bias)
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+def _final_metrics(
+    model: nn.Module,
+    prep: Prepared,
+    config: TrainConfig,
+    features: dict[str, torch.Tensor] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics and predictions per split (train only with ``eval_train``)."""
     from imgclf.data import ImageRecord
     from imgclf.evaluation import SplitPredictions, compute_metrics
 
     results: dict[str, Any] = {}
     predictions: dict[str, Any] = {}
     for name, split in prep.splits.items():
-        probs = predict_probs(model, split.eval_pixels, prep.preprocess, prep.device, desc=name)
+        if name == "train" and not config.eval_train:
+            continue
+        probs = _split_probs(model, prep, name, features)
         results[name] = compute_metrics(probs, split.labels, prep.dataset.classes)
         records = [ImageRecord(p, int(y)) for p, y in zip(split.paths, split.labels, strict=True)]
         predictions[name] = SplitPredictions(records, probs)
     return results, predictions
+
+
+def _choose_precision(model: nn.Module, prep: Prepared, config: TrainConfig) -> Precision:
+    """Feature-extraction precision for this device, told to the user with its reason."""
+    probe = probe_for(model, prep.splits["train"].eval_pixels, prep.preprocess, prep.device)
+    precision = choose_precision(prep.device, config.bf16, probe)
+    note(f"precision: {precision.name} ({precision.reason})")
+    log.info("feature precision %s: %s", precision.name, precision.reason)
+    return precision
 
 
 def _write_bundle(
@@ -345,6 +433,60 @@ def _write_bundle(
     bundle = Bundle(root=out, manifest=manifest)
     bundle.add_artifact("pytorch", model_path, format="pytorch", precision="fp32")
     return bundle
+
+
+def _release_train_pixels(prep: Prepared, config: TrainConfig) -> None:
+    """Free the training split's serving pixels once the head stage has used them.
+
+    Fine-tuning crops from ``train_images``; only ``eval_train`` evaluates these pixels again.
+    Freeing them before the training activations are allocated lowers the run's peak memory.
+    """
+    train = prep.splits["train"]
+    if config.epochs > 0 and not config.eval_train:
+        train.eval_pixels = np.empty((0, *train.eval_pixels.shape[1:]), dtype=np.uint8)
+
+
+def _resume(
+    model: nn.Module, checkpoint: Path, config: TrainConfig, labels: list[str]
+) -> dict[str, Any]:
+    """Load an interrupted run's checkpoint into ``model``; return the checkpoint."""
+    if not checkpoint.is_file():
+        raise ConfigError(f"nothing to resume: {checkpoint} does not exist")
+    resumed = _load_checkpoint(checkpoint, config, labels)
+    model.load_state_dict(resumed["model"])
+    return resumed
+
+
+def _after_head(model: nn.Module, head: HeadStage) -> LoopState:
+    """The loop's start: the head stage is epoch 0 and the best weights so far."""
+    loop = LoopState(best_state=copy.deepcopy(model.state_dict()))
+    loop.history.append(head.row)
+    loop.best_score = (head.row["val_acc"], -head.row["val_loss"])
+    return loop
+
+
+def _training_record(
+    config: TrainConfig,
+    prep: Prepared,
+    loop: LoopState,
+    timings: dict[str, float],
+    model_kwargs: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest's ``training`` section: the recipe and how this run went."""
+    return {
+        **config.to_dict(),
+        "model_kwargs": model_kwargs,
+        "train_size": prep.train_size,
+        "best_epoch": loop.best_epoch,
+        "epochs_run": loop.epoch,
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+        "device": str(prep.device),
+        "precision": prep.precision.to_dict(),
+        "image_size_reason": prep.image_size_reason,
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+    }
 
 
 def train(
@@ -391,21 +533,17 @@ def train(
     model_kwargs = {"drop_rate": config.drop_rate, "drop_path_rate": config.drop_path_rate}
     model = create_model(config.backbone, len(labels), pretrained=config.pretrained, **model_kwargs)
     model = model.to(prep.device).to(memory_format=torch.channels_last)
+    prep.precision = _choose_precision(model, prep, config)
     checkpoint = out / CHECKPOINT_NAME
-    loop, resumed = LoopState(), None
     if resume:
-        if not checkpoint.is_file():
-            raise ConfigError(f"nothing to resume: {checkpoint} does not exist")
-        resumed = _load_checkpoint(checkpoint, config, labels)
-        model.load_state_dict(resumed["model"])
-        loop = LoopState(**resumed["loop"])
+        resumed = _resume(model, checkpoint, config, labels)
+        loop, head_features = LoopState(**resumed["loop"]), None
     else:
         mark = time.perf_counter()
         head = _head_stage(model, prep, config)
         timings["head_s"] = time.perf_counter() - mark
-        loop.history.append(head)
-        loop.best_score = (head["val_acc"], -head["val_loss"])
-        loop.best_state = copy.deepcopy(model.state_dict())
+        loop, resumed, head_features = _after_head(model, head), None, head.features
+    _release_train_pixels(prep, config)
     mark = time.perf_counter()
     loop = _finetune(model, prep, config, loop, checkpoint, resumed, stop_after)
     timings["finetune_s"] = time.perf_counter() - mark
@@ -415,22 +553,16 @@ def train(
     if loop.best_state is not None:
         model.load_state_dict(loop.best_state)
     mark = time.perf_counter()
-    results, predictions = _final_metrics(model, prep)
+    # The best weights are the head stage's (epochs=0, or no fine-tuned epoch beat it): the
+    # network is unchanged, so its features need not be computed again.
+    unchanged = loop.best_epoch == 0
+    results, predictions = _final_metrics(
+        model, prep, config, (head_features or {}) if unchanged else None
+    )
     timings["final_eval_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - started
     metrics = {name: result.summary() for name, result in results.items()}
-    training = {
-        **config.to_dict(),
-        "model_kwargs": model_kwargs,
-        "train_size": prep.train_size,
-        "best_epoch": loop.best_epoch,
-        "epochs_run": loop.epoch,
-        "timings": {k: round(v, 1) for k, v in timings.items()},
-        "device": str(prep.device),
-        "threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-    }
+    training = _training_record(config, prep, loop, timings, model_kwargs)
     bundle = _write_bundle(out, model, prep, config, training, metrics)
     (out / HISTORY_NAME).write_text(json.dumps(loop.history, indent=2) + "\n", encoding="utf-8")
     checkpoint.unlink(missing_ok=True)

@@ -1,0 +1,50 @@
+"""The input size follows the photos' size: small photos are not trained at 224 px."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imgclf.bundle import load_bundle
+from imgclf.cli import main
+from imgclf.training.resolution import choose_image_size, median_short_side
+
+
+@pytest.mark.parametrize(
+    ("short_side", "expected"),
+    [(32, 128), (20, 96), (48, 192), (100, 224), (150, 224), (400, 224), (None, 224)],
+)
+def test_size_rule(short_side: int | None, expected: int) -> None:
+    size, reason = choose_image_size(short_side, 224)
+    assert size == expected
+    assert ("224 px" in reason) and (str(short_side) in reason or short_side is None)
+
+
+def test_median_short_side_reads_headers_and_skips_broken_files(tmp_path: Path) -> None:
+    from imgtools import make_image
+
+    paths = []
+    for i, size in enumerate([(32, 32), (40, 30), (64, 48)]):
+        path = tmp_path / f"{i}.jpg"
+        make_image((200, 30, 30), size, seed=i).save(path)
+        paths.append(path)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    assert median_short_side([*paths, broken]) == 32
+    assert median_short_side([broken]) is None
+
+
+def test_small_photos_train_and_serve_at_a_small_size(tmp_path: Path) -> None:
+    from imgtools import write_color_dataset
+
+    data = write_color_dataset(tmp_path / "tiny", per_class=4, size=(32, 32))
+    common = [str(data), "--epochs", "0", "--batch-size", "4", "--threads", "2", "--no-report"]
+    assert main(["train", *common, "-o", str(tmp_path / "auto")]) == 0
+    auto = load_bundle(tmp_path / "auto")
+    assert auto.preprocess_config.input_size == 128
+    assert "median short side of 32 px" in auto.manifest.training["image_size_reason"]
+    assert main(["train", *common, "-o", str(tmp_path / "set"), "--image-size", "64"]) == 0
+    chosen = load_bundle(tmp_path / "set")
+    assert chosen.preprocess_config.input_size == 64
+    assert chosen.manifest.training["image_size_reason"] == "--image-size given"
