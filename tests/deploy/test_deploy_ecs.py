@@ -100,7 +100,14 @@ def test_task_runs_the_images_own_serve_command() -> None:
     for variable in serve["Environment"]:
         item = variable["Fn::If"][1] if "Fn::If" in variable else variable
         environment[item["Name"]] = item["Value"]
-    assert environment == {"IMGCLF_PORT": "8000", "IMGCLF_MODEL": "/model"}
+    assert environment == {
+        "IMGCLF_PORT": "8000",
+        "IMGCLF_MODEL": "/model",
+        "IMGCLF_TRUSTED_PROXIES": {"Ref": "TrustedProxyCidrs"},
+    }
+    environment["IMGCLF_TRUSTED_PROXIES"] = load_template(TEMPLATE)["Parameters"][
+        "TrustedProxyCidrs"
+    ]["Default"]
     fields = {name.removeprefix("IMGCLF_").lower(): value for name, value in environment.items()}
     ServeSettings(**fields)  # type: ignore[arg-type]  # strings, validated as the env would be
 

@@ -401,7 +401,10 @@ def test_one_client_cannot_take_the_queue_and_headers_are_capped(
 ) -> None:
     """Issue #19 attacks 5-6: 431 for big or many headers; 429 past 8 requests per client."""
     server = start_server(
-        [*("-m", "imgclf", "serve", "--model", str(tiny_bundle), "--port", "{port}")]
+        [
+            *("-m", "imgclf", "serve", "--model", str(tiny_bundle), "--port", "{port}"),
+            *("--max-requests-per-client", "8"),
+        ]
     )
     for headers in ({"X-Big": "a" * 40_000}, {f"X-H{i}": "1" for i in range(150)}):
         answer = httpx.get(f"{server.base}/health", headers=headers, timeout=10)

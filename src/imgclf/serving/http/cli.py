@@ -33,6 +33,7 @@ _FIELDS = (
     "body_timeout_s",
     "max_pixels",
     "rate_limit_per_s",
+    "max_requests_per_client",
     "graceful_shutdown_s",
     "log_level",
 )
@@ -87,6 +88,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-pixels", type=int, help="declared image pixel cap (413 above)")
     parser.add_argument(
         "--rate-limit", dest="rate_limit_per_s", type=float, help="requests/s per client"
+    )
+    parser.add_argument(
+        "--max-requests-per-client",
+        type=int,
+        metavar="N",
+        help="inference requests in progress per client address (default 32; 429 above)",
     )
     key = parser.add_mutually_exclusive_group()
     key.add_argument(

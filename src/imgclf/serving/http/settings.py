@@ -147,8 +147,10 @@ class ServeSettings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins")
     rate_limit_per_s: float | None = Field(None, gt=0, description="Per-client requests/second")
     rate_limit_burst: int = Field(20, ge=1, description="Per-client burst size")
+    # Half the default queue: one client cannot fill it, yet a load test or a proxy not yet
+    # listed in trusted_proxies (all its clients look like one) is not cut to a trickle.
     max_requests_per_client: int = Field(
-        8,
+        32,
         ge=1,
         le=100_000,
         description="Inference requests in progress per client address (after the "
