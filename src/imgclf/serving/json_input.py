@@ -12,14 +12,19 @@ bodies with a 4xx and a reason instead of an unhandled exception (a 500):
 
 :func:`describe_errors` turns pydantic validation errors into one short line that never echoes
 the input: a 2 MB body of ``[1,1,...]`` used to produce a million errors and an 80 MB answer.
-Standard library only, so every serving install can use it.
+Standard library only, so every serving install can use it. :func:`decode_base64` reads
+the base64 images JSON bodies carry.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from imgclf.errors import ImageDecodeError
 
 #: Validation problems listed in an error message; the rest are counted.
 MAX_REPORTED_ERRORS = 5
@@ -100,3 +105,20 @@ def describe_errors(
         shown.append(f"{where}: {message}")
     left = len(errors) - len(shown)
     return "; ".join(shown) + (f" (and {left} {more})" if left > 0 else "")
+
+
+def decode_base64(text: str) -> bytes:
+    """Decode standard or URL-safe base64, with or without a ``data:...;base64,`` prefix.
+
+    Raises:
+        ImageDecodeError: The text is not valid base64.
+    """
+    if text.startswith("data:"):
+        _, _, text = text.partition(",")
+    cleaned = "".join(text.split())
+    try:
+        if "-" in cleaned or "_" in cleaned:
+            return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
+        return base64.b64decode(cleaned, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageDecodeError(f"'image' is not valid base64 ({exc})") from exc

@@ -119,6 +119,7 @@ def test_slot_is_released_when_the_app_fails() -> None:
         ("POST", "/v2/models/m/infer", "/v2/models/{name}/infer"),
         ("POST", "/v2/models/m/versions/3/infer", "/v2/models/{name}/versions/{version}/infer"),
         ("POST", "/v1/models/m:predict", "/v1/models/{name}:predict"),
+        ("POST", "/v1/models/m/versions/1:predict", "/v1/models/{name}/versions/{version}:predict"),
         ("GET", "/predict", None),
         ("POST", "/predict/other", None),
         ("POST", "/v2/models/m/ready", None),
@@ -134,7 +135,7 @@ def test_every_inference_route_is_under_admission() -> None:
 
     paths = create_app(ServeSettings()).openapi()["paths"]
     posts = [path for path, operations in paths.items() if "post" in operations]
-    assert len(posts) == 5
+    assert len(posts) == 6
     for template in posts:
         path = template.replace("{name}", "clothing").replace("{version}", "2")
         assert inference_route(_scope(path)) == template

@@ -215,13 +215,13 @@ _TF = "/v1/models/colors:predict"
     ("path", "body", "reason"),
     [
         # nesting deeper than the decoder's recursion limit: refused by the value budget of
-        # the REST and TF Serving paths, by the decoder on the V2 path (which takes pixels)
+        # the REST paths, by the decoder on the V2 and TF Serving paths (which take pixels)
         ("/predict", _DEEP, "JSON values"),
         ("/predict", '{"image": ' + _DEEP + "}", "JSON values"),
         ("/predict/batch", '{"images": ' + _DEEP + "}", "JSON values"),
         (_V2, '{"inputs": ' + _DEEP + "}", "too deeply"),
         (_V2, '{"parameters": {"x": ' + _DEEP + "}}", "too deeply"),
-        (_TF, '{"instances": ' + _DEEP + "}", "JSON values"),
+        (_TF, '{"instances": ' + _DEEP + "}", "too deeply"),
         ("/predict", '{"image": ' + _HUGE_INT + "}", "too many digits"),
         ("/predict/batch", '{"images": [' + _HUGE_INT + "]}", "too many digits"),
         (_V2, '{"inputs": [{"name": "p", "shape": [' + _HUGE_INT + "]}]}", "too many digits"),
@@ -257,7 +257,7 @@ def test_huge_batch_of_junk_is_refused_cheaply_with_a_short_answer(client: TestC
 
 @pytest.mark.parametrize(
     ("path", "values"),
-    [("/predict", 1000), ("/predict/batch", 1000), (_TF, 1000), (_V2, 1_000_001)],
+    [("/predict", 1000), ("/predict/batch", 1000), (_TF, 1_000_001), (_V2, 1_000_001)],
 )
 def test_bodies_with_more_json_values_than_needed_are_refused_before_decoding(
     client: TestClient, path: str, values: int

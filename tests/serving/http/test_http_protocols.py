@@ -189,8 +189,8 @@ def test_tf_serving_predict(
 
 def test_tf_serving_columnar_inputs(client: TestClient, image_bytes: ImageBytes) -> None:
     body = {"signature_name": "serving_default", "inputs": [{"b64": _b64(image_bytes("green"))}]}
-    predictions = client.post("/v1/models/colors:predict", json=body).json()["predictions"]
-    assert int(np.argmax(predictions[0])) == 1
+    outputs = client.post("/v1/models/colors:predict", json=body).json()["outputs"]
+    assert int(np.argmax(outputs[0])) == 1
 
 
 def test_tf_serving_status_metadata_and_errors(client: TestClient) -> None:

@@ -53,6 +53,10 @@ INFERENCE_ROUTES: tuple[tuple[re.Pattern[str], str], ...] = (
         "/v2/models/{name}/versions/{version}/infer",
     ),
     (re.compile(r"^/v1/models/[^/]+:predict$"), "/v1/models/{name}:predict"),
+    (
+        re.compile(r"^/v1/models/[^/]+/versions/[^/]+:predict$"),
+        "/v1/models/{name}/versions/{version}:predict",
+    ),
 )
 
 

@@ -20,10 +20,16 @@ logger = logging.getLogger(__name__)
 
 
 class EmbeddedBackend:
-    """An :class:`InferenceBackend` running a bundle in this process with a ``Predictor``."""
+    """An :class:`InferenceBackend` running a bundle in this process with a ``Predictor``.
 
-    def __init__(self, predictor: Predictor) -> None:
+    Args:
+        predictor: The loaded bundle.
+        name: Name to serve the model under (every path and metric); None: the bundle's name.
+    """
+
+    def __init__(self, predictor: Predictor, name: str | None = None) -> None:
         self._predictor = predictor
+        self._name = name
 
     @classmethod
     def from_bundle(
@@ -33,11 +39,12 @@ class EmbeddedBackend:
         artifact: str = "auto",
         threads: int | None = None,
         max_pixels: int | None = None,
+        name: str | None = None,
     ) -> EmbeddedBackend:
         """Load a bundle (None: the bundled model) and open its best artifact."""
         kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
         predictor = Predictor.from_bundle(path, artifact=artifact, threads=threads, **kwargs)
-        return cls(predictor)
+        return cls(predictor, name)
 
     @property
     def labels(self) -> list[str]:
@@ -51,8 +58,8 @@ class EmbeddedBackend:
 
     @property
     def model_name(self) -> str:
-        """The bundle's model name."""
-        return self._predictor.name
+        """The name the model is served under (the bundle's unless renamed)."""
+        return self._name or self._predictor.name
 
     @property
     def model_version(self) -> str:
@@ -107,5 +114,9 @@ def load_backend(settings: ServeSettings) -> InferenceBackend:
     if threads is None and settings.instances > 1:  # share the cores, do not oversubscribe them
         threads = max(1, (os.cpu_count() or 1) // settings.instances)
     return EmbeddedBackend.from_bundle(
-        model, artifact=settings.artifact, threads=threads, max_pixels=settings.max_pixels
+        model,
+        artifact=settings.artifact,
+        threads=threads,
+        max_pixels=settings.max_pixels,
+        name=settings.model_name,
     )

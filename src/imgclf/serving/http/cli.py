@@ -64,7 +64,11 @@ def register(subparsers: Any) -> None:
         metavar="grpc://HOST:PORT",
         help="gateway mode: forward to an Open Inference Protocol model server",
     )
-    parser.add_argument("--model-name", help="model name on the model server (gateway mode)")
+    parser.add_argument(
+        "--model-name",
+        help="serve the model under this name (e.g. image_classifier for a TF Serving client's "
+        "/v1/models/image_classifier:predict); in gateway mode, its name on the model server",
+    )
     parser.add_argument("--artifact", help="artifact to run: auto, onnx-int8, onnx, tflite")
     parser.add_argument("--threads", type=int, help="runtime threads (default: one per core)")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")

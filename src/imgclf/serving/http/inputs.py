@@ -8,8 +8,6 @@ requests, health checks and metrics while large photos are decoded. Every failur
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import functools
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -19,7 +17,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from imgclf.errors import ForbiddenURLError, ImageDecodeError, InputError, UnsupportedMediaError
+from imgclf.errors import ForbiddenURLError, InputError, UnsupportedMediaError
 from imgclf.image_budget import DecodeLaneError
 from imgclf.inference.fetch import fetch_url_async
 from imgclf.preprocessing import load_pixels
@@ -27,7 +25,12 @@ from imgclf.serving.backend import InferenceBackend
 from imgclf.serving.http.dependencies import Services
 from imgclf.serving.http.jsonbody import max_json_values
 from imgclf.serving.http.schemas import BatchRequest, ImageInput
-from imgclf.serving.json_input import JSONBodyError, describe_errors, parse_json
+from imgclf.serving.json_input import (
+    JSONBodyError,
+    decode_base64,
+    describe_errors,
+    parse_json,
+)
 
 _JSON_TYPES = ("application/json",)
 _MULTIPART = "multipart/form-data"
@@ -40,23 +43,6 @@ _HOW_TO = (
 
 def _content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-def decode_base64(text: str) -> bytes:
-    """Decode standard or URL-safe base64, with or without a ``data:...;base64,`` prefix.
-
-    Raises:
-        ImageDecodeError: The text is not valid base64.
-    """
-    if text.startswith("data:"):
-        _, _, text = text.partition(",")
-    cleaned = "".join(text.split())
-    try:
-        if "-" in cleaned or "_" in cleaned:
-            return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
-        return base64.b64decode(cleaned, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ImageDecodeError(f"'image' is not valid base64 ({exc})") from exc
 
 
 async def resolve_input(item: ImageInput, services: Services) -> bytes:

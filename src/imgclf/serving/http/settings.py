@@ -49,7 +49,15 @@ class ServeSettings(BaseSettings):
     model_server_url: str | None = Field(
         None, description="grpc://HOST:PORT of an Open Inference Protocol server (gateway mode)"
     )
-    model_name: str | None = Field(None, description="Model name on the model server")
+    model_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Name the model is served under in every path (/v1/models/NAME, "
+        "/v2/models/NAME) and metric; in gateway mode also its name on the model server. "
+        "Unset: the bundle's name (gateway: the only model the model server serves)",
+    )
     model_server_timeout_s: float = Field(5.0, gt=0, le=300)
     model_server_retries: int = Field(2, ge=0, le=10)
 

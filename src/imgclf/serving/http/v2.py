@@ -25,9 +25,10 @@ from imgclf import __version__
 from imgclf.errors import InputError, ModelNotFoundError
 from imgclf.serving.backend import InferenceBackend
 from imgclf.serving.http.dependencies import InferenceGuards, Services, ServicesDep
-from imgclf.serving.http.inputs import classify_images, classify_pixels, decode_base64
+from imgclf.serving.http.inputs import classify_images, classify_pixels
 from imgclf.serving.http.jsonbody import JSONBodyRoute
 from imgclf.serving.http.schemas import ERROR_RESPONSES
+from imgclf.serving.json_input import decode_base64
 
 
 class V2Route(JSONBodyRoute):
