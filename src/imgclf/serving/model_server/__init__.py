@@ -13,9 +13,13 @@ Modules, in the order a request meets them::
     batching.py       dynamic batching of concurrent requests
     grpc_service.py   inference.GRPCInferenceService and gRPC status codes
     rest.py           /v2 REST routes with the binary tensor extension
-    server.py         runs both transports over one repository
+    tfserving_grpc.py TF Serving's PredictionService and ModelService (a port of its own)
+    tfserving_rest.py TF Serving's /v1 REST routes, on the REST port
+    server.py         runs the transports over one repository
     cli.py            ``imgclf model-server``
-    proto/            the V2 protocol definitions the stubs were compiled from
+    proto/            the V2 protocol definitions the stubs were compiled from; tfserving/ holds
+                      TF Serving's and the TensorFlow ones they import, compiled into
+                      tfserving.binpb (``tools/tfserving_protos.py``)
 
 What a client needs besides tensors travels in standard places: labels through the
 classification extension (``label_filename`` in ``config.pbtxt``) and, with the preprocessing,

@@ -10,10 +10,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add the ``model-server`` command."""
     parser = subparsers.add_parser(
         "model-server",
-        help="serve a Triton-style model repository over V2 gRPC and REST",
+        help="serve a Triton-style model repository over V2 gRPC and REST (and TF Serving's APIs)",
         description=(
             "Serve every model of a Triton-style repository over the Open Inference Protocol "
-            "(KServe V2): gRPC (inference.GRPCInferenceService) and REST (/v2/...). New model "
+            "(KServe V2): gRPC (inference.GRPCInferenceService) and REST (/v2/...), and over "
+            "TF Serving's REST (/v1/...) and, with --tfserving-grpc-port, gRPC APIs. New model "
             "versions dropped into the repository are picked up without a restart."
         ),
     )
@@ -29,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--grpc-port", type=int, default=8001, help="V2 gRPC port")
     parser.add_argument("--http-port", type=int, default=8000, help="V2 REST port")
     parser.add_argument("--no-http", action="store_true", help="serve gRPC only")
+    parser.add_argument(
+        "--tfserving-grpc-port",
+        type=int,
+        help="also serve TF Serving's gRPC API (PredictionService, ModelService) on this port, "
+        "e.g. 8500 as TF Serving does (default: off); the REST port always answers /v1",
+    )
     parser.add_argument(
         "--poll-interval", type=float, default=5.0, help="seconds between repository scans (0: off)"
     )
@@ -73,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         grpc_port=args.grpc_port,
         http_port=None if args.no_http else args.http_port,
+        tfserving_grpc_port=args.tfserving_grpc_port,
         poll_interval_s=args.poll_interval,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         threads=args.threads,
@@ -84,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     server.start()
     rest = f", REST on {settings.host}:{server.http_port}" if server.http_port else ""
+    if server.tfserving_grpc_port:
+        rest += f", TF Serving gRPC on {settings.host}:{server.tfserving_grpc_port}"
     print(
         f"model server: gRPC on {settings.host}:{server.grpc_port}{rest}; "
         f"models: {', '.join(server.repository.model_names()) or 'none loaded'}",

@@ -10,6 +10,8 @@ Routes (``/versions/{v}`` is optional wherever a model is named)::
     GET  /v2/models/{m}/config               the model's config.pbtxt as JSON (as Triton)
     GET  /v2/models/{m}/stats                inference statistics (as Triton)
     POST /v2/models/{m}/infer                inference
+    GET  /v1/models/{m}[/metadata], POST /v1/models/{m}:predict   TF Serving's REST API
+                                             (:mod:`.tfserving_rest`)
 
 Tensors travel as JSON ``data`` or, with the binary tensor data extension that ``tritonclient``
 uses by default, as raw little-endian bytes after the JSON header (its length in the
@@ -49,6 +51,7 @@ from imgclf.serving.model_server.grpc_service import (
 )
 from imgclf.serving.model_server.model import V2_DTYPES, OutputTensor, RequestedOutput
 from imgclf.serving.model_server.repository import ModelRepository
+from imgclf.serving.model_server.tfserving_rest import tfserving_router
 from imgclf.serving.status import HTTP_STATUS, status_for
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -144,6 +147,7 @@ def create_rest_app(
         app.add_api_route(prefix + "/config", model_config, methods=["GET"])
         app.add_api_route(prefix + "/stats", model_stats, methods=["GET"])
         app.add_api_route(prefix + "/infer", infer, methods=["POST"])
+    app.include_router(tfserving_router(repository, _read_body, max_body_bytes))
     return app
 
 

@@ -1,4 +1,8 @@
-"""Run the model server: one repository, served over V2 gRPC and V2 REST side by side."""
+"""Run the model server: one repository, served over V2 gRPC and V2 REST side by side.
+
+The REST port also answers TF Serving's REST API; TF Serving's gRPC API gets a port of its own
+(``tfserving_grpc_port``), as it has in TF Serving (8500 beside REST's 8501).
+"""
 
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ class ModelServerSettings:
         repository: Model repository directory.
         host: Interface to bind (keep 127.0.0.1 unless the server sits behind a gateway).
         grpc_port: V2 gRPC port.
-        http_port: V2 REST port, or None for gRPC only.
+        http_port: V2 (and TF Serving) REST port, or None for gRPC only.
+        tfserving_grpc_port: TF Serving gRPC port (PredictionService, ModelService), or None.
         poll_interval_s: Seconds between repository scans for new versions (0: load once).
         max_message_bytes: Largest gRPC message or REST body accepted and sent.
         threads: ONNX Runtime intra-op threads per model (None: ONNX Runtime's default).
@@ -39,6 +44,7 @@ class ModelServerSettings:
     host: str = "127.0.0.1"
     grpc_port: int = 8001
     http_port: int | None = 8000
+    tfserving_grpc_port: int | None = None
     poll_interval_s: float = 5.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     threads: int | None = None
@@ -66,7 +72,9 @@ class ModelServer:
         self.repository = ModelRepository(Path(settings.repository), threads=settings.threads)
         self.grpc_port = 0
         self.http_port: int | None = None
+        self.tfserving_grpc_port: int | None = None
         self._grpc: Any = None
+        self._tfserving: Any = None
         self._uvicorn: Any = None
         self._http_thread: threading.Thread | None = None
 
@@ -83,8 +91,23 @@ class ModelServer:
         )
         self._grpc.start()
         logger.info("V2 gRPC listening on %s:%d", settings.host, self.grpc_port)
+        if settings.tfserving_grpc_port is not None:
+            self._start_tfserving(settings.tfserving_grpc_port)
         if settings.http_port is not None:
             self._start_http(settings.http_port)
+
+    def _start_tfserving(self, port: int) -> None:
+        from imgclf.serving.model_server.tfserving_grpc import create_tfserving_server
+
+        self._tfserving, self.tfserving_grpc_port = create_tfserving_server(
+            self.repository,
+            host=self.settings.host,
+            port=port,
+            max_message_bytes=self.settings.max_message_bytes,
+            max_connection_age_s=self.settings.max_connection_age_s,
+        )
+        self._tfserving.start()
+        logger.info("TF Serving gRPC listening on %s:%d", self.settings.host, port)
 
     def _start_http(self, port: int) -> None:
         import socket
@@ -127,8 +150,9 @@ class ModelServer:
         """Stop listening (in-flight calls get ``grace_s``), then unload every model."""
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
-        if self._grpc is not None:
-            self._grpc.stop(grace_s).wait()
+        for server in (self._tfserving, self._grpc):
+            if server is not None:
+                server.stop(grace_s).wait()
         if self._http_thread is not None:
             self._http_thread.join(timeout=grace_s + 5)
         self.repository.close()
