@@ -16,9 +16,13 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 # the serving stack, and it must work without the serving extras.
 TFLITE_VENV ?= .venv-tflite
 TFLITE_BIN := $(TFLITE_VENV)/bin
+# The official TF Serving client (tensorflow-serving-api pulls TensorFlow) gets its own environment
+# too: the serving images must never need TensorFlow.
+TFSERVING_VENV ?= .venv-tfserving
+TFSERVING_BIN := $(TFSERVING_VENV)/bin
 
 .PHONY: help serve install-serve install-dev test test-fast test-containers lint format clean \
-	install-tflite test-tflite lock \
+	install-tflite test-tflite install-tfserving test-tfserving tfserving-protos lock \
 	bench-accuracy bench-runtimes bench-serving bench-reliability bench-gateway bench-lambda
 
 help:
@@ -27,6 +31,7 @@ help:
 	@echo "make test-fast        the same without the slow tests (training, containers, browser, real data)"
 	@echo "make test-containers  container tests only (needs podman: ../shared/tools/container-base.sh)"
 	@echo "make test-tflite      TFLite export round trip in its own environment ($(TFLITE_VENV))"
+	@echo "make test-tfserving   official TF Serving client vs the model server ($(TFSERVING_VENV))"
 	@echo "make lint             ruff check, ruff format --check, mypy, lint-imports (layers)"
 	@echo "make lock             regenerate the images' dependency locks (deploy/locks) with uv"
 	@echo "make bench-*          benchmarks: accuracy runtimes serving reliability gateway lambda"
@@ -68,6 +73,24 @@ install-tflite: $(TFLITE_BIN)/python
 test-tflite: install-tflite
 	IMGCLF_REQUIRE_TFLITE=1 $(TFLITE_BIN)/python -m pytest -p no:anyio tests/export/test_tflite.py
 
+$(TFSERVING_BIN)/python:
+	$(PYTHON) -m venv $(TFSERVING_VENV)
+	$(TFSERVING_BIN)/pip install --quiet --upgrade pip
+
+# The servers under test run from this environment too.
+install-tfserving: $(TFSERVING_BIN)/python
+	$(TFSERVING_BIN)/pip install --quiet -e '.[grpc,serve,tfserving-client]'
+
+# IMGCLF_REQUIRE_TFSERVING=1: a missing package fails the run instead of skipping it.
+test-tfserving: install-tfserving
+	IMGCLF_REQUIRE_TFSERVING=1 $(TFSERVING_BIN)/python -m pytest -p no:anyio \
+		tests/serving/model_server/test_tfserving_client.py
+
+# Regenerate the checked-in TF Serving .proto files and their descriptor set (see the script).
+tfserving-protos: install-tfserving install-dev
+	$(TFSERVING_BIN)/python tools/tfserving_protos.py write
+	$(BIN)/python tools/tfserving_protos.py compile
+
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -84,7 +107,7 @@ lock: install-dev
 	UV=$(BIN)/uv deploy/locks/update.sh
 
 clean:
-	rm -rf $(VENV) $(TFLITE_VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TFLITE_VENV) $(TFSERVING_VENV) build dist .pytest_cache .mypy_cache .ruff_cache
 
 bench-accuracy: install-dev
 	$(BIN)/python bench/bench_accuracy.py

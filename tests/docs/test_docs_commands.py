@@ -34,7 +34,7 @@ FIXTURES = REPO / "tests" / "fixtures" / "clothing"
 DOCUMENTS = ("README.md", "docs/deployment.md", "deploy/lambda/README.md")
 BASE_IMAGE = os.environ.get("IMGCLF_TEST_BASE_IMAGE", "localhost/python:3.11-slim")
 #: Host ports the documents' commands publish or listen on.
-DOCUMENTED_PORTS = (8000, 8001, 8080, 9000)
+DOCUMENTED_PORTS = (8000, 8001, 8080, 8500, 8501, 9000)
 BUNDLED_MODEL = Path("src/imgclf/models/clothing-lite0")
 
 #: Every block that does not run here, by document and first command, with the reason shown in
