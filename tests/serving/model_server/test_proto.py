@@ -7,6 +7,7 @@ from types import ModuleType
 
 import pytest
 from google.protobuf import descriptor_pb2
+from proto_tools import normalised
 from tritonclient.grpc import model_config_pb2, service_pb2
 
 import imgclf.serving.model_server
@@ -14,20 +15,6 @@ import imgclf.serving.model_server
 protoc = pytest.importorskip("grpc_tools.protoc")
 
 PROTO_DIR = Path(imgclf.serving.model_server.__file__).parent / "proto"
-
-
-def normalised(proto: descriptor_pb2.FileDescriptorProto) -> descriptor_pb2.FileDescriptorProto:
-    proto.ClearField("source_code_info")
-    for message in proto.message_type:
-        _clear_json_names(message)
-    return proto
-
-
-def _clear_json_names(message: descriptor_pb2.DescriptorProto) -> None:
-    for field in message.field:
-        field.ClearField("json_name")
-    for nested in message.nested_type:
-        _clear_json_names(nested)
 
 
 @pytest.mark.parametrize(

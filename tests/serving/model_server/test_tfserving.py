@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2
 from PIL import Image
+from proto_tools import normalised
 
 from imgclf.serving.model_server.server import ModelServer, ModelServerSettings
 from imgclf.serving.model_server.tfserving_grpc import DESCRIPTOR_SET, messages
@@ -204,20 +205,6 @@ def test_rest_v1_on_the_model_server(server: ModelServer) -> None:
     assert "rectangular" in ragged.json()["error"]
 
 
-def _normalised(proto: descriptor_pb2.FileDescriptorProto) -> descriptor_pb2.FileDescriptorProto:
-    proto.ClearField("source_code_info")
-    for message in proto.message_type:
-        _clear_json_names(message)
-    return proto
-
-
-def _clear_json_names(message: descriptor_pb2.DescriptorProto) -> None:
-    for field in message.field:
-        field.ClearField("json_name")
-    for nested in message.nested_type:
-        _clear_json_names(nested)
-
-
 def test_checked_in_protos_compile_to_the_descriptor_set_served(tmp_path: Path) -> None:
     out = tmp_path / "set.binpb"
     well_known = Path(protoc.__file__).parent / "_proto"  # google/protobuf/*.proto
@@ -228,4 +215,4 @@ def test_checked_in_protos_compile_to_the_descriptor_set_served(tmp_path: Path) 
     served = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes()).file
     assert [f.name for f in compiled] == [f.name for f in served]
     for mine, theirs in zip(compiled, served, strict=True):
-        assert _normalised(mine) == _normalised(theirs), mine.name
+        assert normalised(mine) == normalised(theirs), mine.name

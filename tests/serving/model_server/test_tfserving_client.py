@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 from PIL import Image
+from proto_tools import normalised
 
 from imgtools import COLORS, make_image
 
@@ -182,24 +183,6 @@ def _check_metadata_and_status(port: int) -> None:
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def _normalised(proto: descriptor_pb2.FileDescriptorProto) -> descriptor_pb2.FileDescriptorProto:
-    """Without source info and json names; nested types sorted (map entries move in .proto)."""
-    proto.ClearField("source_code_info")
-    for message in proto.message_type:
-        _normalise_message(message)
-    return proto
-
-
-def _normalise_message(message: descriptor_pb2.DescriptorProto) -> None:
-    for field in message.field:
-        field.ClearField("json_name")
-    for nested in message.nested_type:
-        _normalise_message(nested)
-    nested_types = sorted(message.nested_type, key=lambda n: n.name)
-    del message.nested_type[:]
-    message.nested_type.extend(nested_types)
-
-
 def test_served_definitions_are_the_official_ones() -> None:
     """The checked-in descriptor set equals the descriptors the official packages ship."""
     served = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes()).file
@@ -211,4 +194,4 @@ def test_served_definitions_are_the_official_ones() -> None:
             continue
         official = descriptor_pb2.FileDescriptorProto()
         official_pool.FindFileByName(file.name).CopyToProto(official)
-        assert _normalised(file) == _normalised(official), file.name
+        assert normalised(file) == normalised(official), file.name

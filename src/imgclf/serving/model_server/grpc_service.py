@@ -331,14 +331,30 @@ def create_grpc_server(
     workers: int = 16,
 ) -> tuple[grpc.Server, int]:
     """Build (not start) a gRPC server for the repository; returns it and the bound port."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-        options=server_options(max_message_bytes, max_connection_age_s),
-    )
+    server = new_server(workers, "grpc", max_message_bytes, max_connection_age_s)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(repository), server
     )
+    return server, bind(server, host, port, "gRPC")
+
+
+def new_server(
+    workers: int, thread_prefix: str, max_message_bytes: int, max_connection_age_s: float
+) -> grpc.Server:
+    """A gRPC server with :func:`server_options`, its handlers run by ``workers`` threads."""
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_prefix),
+        options=server_options(max_message_bytes, max_connection_age_s),
+    )
+
+
+def bind(server: grpc.Server, host: str, port: int, what: str) -> int:
+    """Listen on ``host:port`` (0: a free port) and return the port.
+
+    Raises:
+        OSError: The port cannot be bound.
+    """
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
-        raise OSError(f"cannot bind gRPC port {host}:{port}; is it in use?")
-    return server, bound
+        raise OSError(f"cannot bind the {what} port {host}:{port}; is it in use?")
+    return int(bound)

@@ -26,7 +26,6 @@ import functools
 import logging
 import math
 from collections.abc import Callable
-from concurrent import futures
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -46,7 +45,8 @@ from imgclf.serving import tfserving
 from imgclf.serving.model_server.grpc_service import (
     DEFAULT_MAX_CONNECTION_AGE_S,
     DEFAULT_MAX_MESSAGE_BYTES,
-    server_options,
+    bind,
+    new_server,
 )
 from imgclf.serving.model_server.model import (
     PIXELS_INPUT,
@@ -318,10 +318,7 @@ def create_tfserving_server(
 ) -> tuple[grpc.Server, int]:
     """Build (not start) the TF Serving gRPC server; returns it and the bound port."""
     servicer = TFServingServicer(repository)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tfs-grpc"),
-        options=server_options(max_message_bytes, max_connection_age_s),
-    )
+    server = new_server(workers, "tfs-grpc", max_message_bytes, max_connection_age_s)
     prediction = {
         "Predict": _handler(servicer.predict, "PredictRequest", "PredictResponse"),
         "GetModelMetadata": _handler(
@@ -341,7 +338,4 @@ def create_tfserving_server(
             grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", status),
         )
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot bind the TF Serving gRPC port {host}:{port}; is it in use?")
-    return server, bound
+    return server, bind(server, host, port, "TF Serving gRPC")
