@@ -8,6 +8,8 @@ MRO so the most specific type listed wins (a subclass nobody listed answers as i
 - TF Serving REST: ``serving.http.tfserving.TFSERVING_STATUS`` (HTTP);
 - V2 REST (model server): ``serving.model_server.rest.V2_REST_STATUS`` (HTTP);
 - V2 gRPC (model server): ``serving.model_server.grpc_service.GRPC_STATUS`` (``grpc.StatusCode``);
+- TF Serving gRPC (model server): ``serving.model_server.tfserving_grpc.TFSERVING_GRPC_STATUS``
+  (the V2 gRPC table); TF Serving REST on the model server answers as its V2 REST;
 - Lambda: ``serving.aws_lambda.handler.LAMBDA_STATUS`` (HTTP).
 
 The HTTP tables start from :data:`HTTP_STATUS`, the plain HTTP meaning of each error, and add

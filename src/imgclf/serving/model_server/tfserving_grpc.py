@@ -25,26 +25,20 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
 import numpy as np
 
-from imgclf.errors import (
-    ImageTooLargeError,
-    ImgclfError,
-    InputError,
-    ModelNotFoundError,
-    ModelNotReadyError,
-    OverloadedError,
-)
+from imgclf.errors import ImgclfError, InputError, ModelNotFoundError
 from imgclf.preprocessing import DEFAULT_MAX_PIXELS
 from imgclf.serving import tfserving
 from imgclf.serving.model_server.grpc_service import (
     DEFAULT_MAX_CONNECTION_AGE_S,
     DEFAULT_MAX_MESSAGE_BYTES,
+    GRPC_STATUS,
     bind,
     new_server,
 )
@@ -55,18 +49,14 @@ from imgclf.serving.model_server.model import (
     ServedModel,
 )
 from imgclf.serving.model_server.repository import ModelRepository
+from imgclf.serving.status import status_for
 
 logger = logging.getLogger(__name__)
 
 DESCRIPTOR_SET = Path(__file__).parent / "proto" / "tfserving.binpb"
-#: The TF Serving transport's status codes, most specific error first.
-GRPC_STATUS: tuple[tuple[type[ImgclfError], grpc.StatusCode], ...] = (
-    (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
-    (ImageTooLargeError, grpc.StatusCode.INVALID_ARGUMENT),
-    (InputError, grpc.StatusCode.INVALID_ARGUMENT),
-    (ModelNotReadyError, grpc.StatusCode.UNAVAILABLE),
-    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-)
+#: The TF Serving gRPC status of each core error: the V2 gRPC table, as TF Serving uses the same
+#: canonical codes (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE for a full queue or unloaded model).
+TFSERVING_GRPC_STATUS: Mapping[type[Exception], grpc.StatusCode] = GRPC_STATUS
 #: TensorFlow ``DataType`` numbers -> numpy dtypes and the TensorProto field of typed values.
 _NUMERIC: dict[int, tuple[np.dtype[Any], str]] = {
     1: (np.dtype(np.float32), "float_val"),  # DT_FLOAT
@@ -256,11 +246,10 @@ class TFServingServicer:
 
 
 def abort(context: grpc.ServicerContext, exc: ImgclfError) -> NoReturn:
-    """End the call with the status code :data:`GRPC_STATUS` gives the error (else INTERNAL)."""
-    code = next((c for kind, c in GRPC_STATUS if isinstance(exc, kind)), None)
-    if code is None:
+    """End the call with the code :data:`TFSERVING_GRPC_STATUS` gives the error."""
+    code = status_for(exc, TFSERVING_GRPC_STATUS, grpc.StatusCode.INTERNAL)
+    if code == grpc.StatusCode.INTERNAL:
         logger.error("TF Serving request failed: %s", exc)
-        code = grpc.StatusCode.INTERNAL
     context.abort(code, str(exc))
     raise AssertionError("context.abort always raises")  # pragma: no cover
 
