@@ -107,8 +107,12 @@ def describe_errors(
     return "; ".join(shown) + (f" (and {left} {more})" if left > 0 else "")
 
 
-def decode_base64(text: str) -> bytes:
+def decode_base64(text: str, *, what: str = "'image'") -> bytes:
     """Decode standard or URL-safe base64, with or without a ``data:...;base64,`` prefix.
+
+    Args:
+        text: The base64 text.
+        what: What the text is, for the error message.
 
     Raises:
         ImageDecodeError: The text is not valid base64.
@@ -121,4 +125,6 @@ def decode_base64(text: str) -> bytes:
             return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
         return base64.b64decode(cleaned, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ImageDecodeError(f"'image' is not valid base64 ({exc})") from exc
+        raise ImageDecodeError(
+            f"{what} is not valid base64 ({exc}); encode the image bytes"
+        ) from exc

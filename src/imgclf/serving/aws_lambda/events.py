@@ -19,8 +19,6 @@ shape (:class:`~imgclf.errors.RequestShapeError`); the handler's
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from dataclasses import dataclass
 from enum import StrEnum
@@ -33,7 +31,7 @@ from imgclf.errors import (
     RequestShapeError,
 )
 from imgclf.serving.aws_lambda.settings import LAMBDA_SYNC_PAYLOAD_LIMIT
-from imgclf.serving.json_input import JSONBodyError, parse_json
+from imgclf.serving.json_input import JSONBodyError, decode_base64, parse_json
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 _JSON_FIELDS = frozenset({"url", "image", "top_k"})
@@ -172,19 +170,6 @@ def parse_multipart(data: bytes, content_type_header: str) -> ImageRequest:
     return ImageRequest(
         image=fields["file"], top_k=_query_top_k(top_k.decode("latin-1")) if top_k else None
     )
-
-
-def decode_base64(text: str, *, what: str) -> bytes:
-    """Standard or URL-safe base64 (a ``data:...;base64,`` prefix is accepted); 400 if invalid."""
-    if text.startswith("data:") and "," in text:
-        text = text.split(",", 1)[1]
-    cleaned = "".join(text.split())
-    try:
-        if "-" in cleaned or "_" in cleaned:
-            return base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
-        return base64.b64decode(cleaned, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InputError(f"{what} is not valid base64 ({exc}); encode the image bytes") from exc
 
 
 def payload_too_large(size: int, limit: int) -> ImageTooLargeError:
