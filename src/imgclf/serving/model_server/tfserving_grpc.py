@@ -33,6 +33,7 @@ import grpc
 import numpy as np
 
 from imgclf.errors import ImgclfError, InputError, ModelNotFoundError
+from imgclf.model_repository import PIXELS_INPUT, PROBABILITIES_OUTPUT
 from imgclf.preprocessing import DEFAULT_MAX_PIXELS
 from imgclf.serving import tfserving
 from imgclf.serving.model_server.grpc_service import (
@@ -42,12 +43,7 @@ from imgclf.serving.model_server.grpc_service import (
     bind,
     new_server,
 )
-from imgclf.serving.model_server.model import (
-    PIXELS_INPUT,
-    PROBABILITIES_OUTPUT,
-    RequestedOutput,
-    ServedModel,
-)
+from imgclf.serving.model_server.model import RequestedOutput, ServedModel
 from imgclf.serving.model_server.repository import ModelRepository
 from imgclf.serving.status import status_for
 
