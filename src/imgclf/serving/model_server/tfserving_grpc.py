@@ -33,8 +33,8 @@ import grpc
 import numpy as np
 
 from imgclf.errors import ImgclfError, InputError, ModelNotFoundError
+from imgclf.image_budget import DEFAULT_MAX_PIXELS
 from imgclf.model_repository import PIXELS_INPUT, PROBABILITIES_OUTPUT
-from imgclf.preprocessing import DEFAULT_MAX_PIXELS
 from imgclf.serving import tfserving
 from imgclf.serving.model_server.grpc_service import (
     DEFAULT_MAX_CONNECTION_AGE_S,

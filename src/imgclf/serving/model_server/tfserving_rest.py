@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from imgclf.errors import InputError, ModelNotFoundError
-from imgclf.preprocessing import DEFAULT_MAX_PIXELS
+from imgclf.image_budget import DEFAULT_MAX_PIXELS
 from imgclf.serving import tfserving
 from imgclf.serving.json_input import JSONBodyError, parse_json
 from imgclf.serving.model_server.model import ServedModel
