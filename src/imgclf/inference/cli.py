@@ -35,7 +35,8 @@ ENGINES = ("local", "ray")
 PROGRESS_FROM = 20
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type for counts that must be at least 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
@@ -72,14 +73,18 @@ def register(subparsers: Any) -> None:
         default="auto",
         help="artifact to run: auto (default), onnx-int8, onnx, tflite",
     )
-    parser.add_argument("--top-k", "-k", type=_positive, default=3, help="classes per image")
+    parser.add_argument("--top-k", "-k", type=positive_int, default=3, help="classes per image")
     parser.add_argument(
         "--format",
         choices=OUTPUT_FORMATS,
         help="output format (default: by the -o suffix, a directory is Parquet; else table)",
     )
-    parser.add_argument("--threads", type=_positive, help="runtime threads (default: all cores)")
-    parser.add_argument("--batch-size", type=_positive, default=32, help="images per batch")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help="runtime threads (default: the CPUs this process may use)",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per batch")
     parser.add_argument(
         "--output",
         "-o",
@@ -102,7 +107,7 @@ def _add_engine_options(parser: argparse.ArgumentParser) -> None:
         "--actors", default="1:4", help="Ray actors, N or MIN:MAX (autoscaled; default 1:4)"
     )
     group.add_argument(
-        "--actor-cpus", type=_positive, default=1, help="CPUs (and threads) per Ray actor"
+        "--actor-cpus", type=positive_int, default=1, help="CPUs (and threads) per Ray actor"
     )
 
 

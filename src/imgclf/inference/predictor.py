@@ -119,7 +119,8 @@ class Predictor:
             path: Bundle directory; None selects the clothing model shipped with imgclf.
             artifact: Artifact key (``onnx-int8``, ``onnx``, ``tflite``) or ``"auto"`` for the
                 best one present (int8 first).
-            threads: Intra-op threads of the runtime; None uses one per physical core.
+            threads: Intra-op threads of the runtime; None uses the CPUs this process may use
+                (the cgroup quota in a container, then its CPU affinity).
             max_pixels: Refuse input images declaring more pixels than this.
 
         Raises:

@@ -151,6 +151,7 @@ def test_cancelled_requests_are_skipped() -> None:
         doomed = asyncio.ensure_future(batcher.submit(_pixels(1)))
         await asyncio.sleep(0)
         doomed.cancel()
+        await asyncio.sleep(0)  # the cancellation reaches the batcher's worker threads
         model.gate.set()
         await first
         await batcher.stop()

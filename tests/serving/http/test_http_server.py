@@ -124,6 +124,30 @@ def test_cli_serves_api_page_and_json_logs(
     assert any("serving model colors" in e["message"] for e in entries)
 
 
+#: Runs ``imgclf`` pinned to one CPU, as ``taskset -c 0 imgclf ...`` would.
+ON_ONE_CPU = (
+    "import os, runpy, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+    "sys.argv = ['imgclf', *sys.argv[1:]]; runpy.run_module('imgclf', run_name='__main__')"
+)
+
+
+def test_default_instances_and_threads_follow_the_cpus_the_process_may_use(
+    start_server: Callable[[list[str]], Server], tiny_bundle: Path, image_bytes: ImageBytes
+) -> None:
+    """On one CPU (whatever the host has) the service plans one instance of one thread."""
+    server = start_server(
+        ["-c", ON_ONE_CPU, "serve", "--model", str(tiny_bundle), "--port", "{port}"]
+    )
+    response = httpx.post(
+        f"{server.base}/predict", files={"file": ("x.jpg", image_bytes("red"), "image/jpeg")}
+    )
+    assert response.status_code == 200
+    entries = [json.loads(line) for line in server.log_lines() if line.startswith("{")]
+    plan = next(e for e in entries if e["logger"] == "imgclf.inference.cpus")
+    assert plan["message"].startswith("1 CPUs available (")  # affinity, or a quota of 1 CPU
+    assert plan["message"].endswith("): 1 instance(s) x 1 runtime thread(s)")
+
+
 def start_slow_server(
     start_server: Callable[[list[str]], Server], bundle: Path, delay_s: float, *settings: str
 ) -> Server:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -103,17 +104,28 @@ def test_fetch_policy_follows_settings() -> None:
 
 
 @pytest.mark.parametrize(
-    "options, cores, expected",
+    "options, cpus, expected",
     [
-        ({}, 8, None),  # one instance: the runtime's own default (one thread per core)
-        ({"instances": 2}, 8, 4),  # instances share the cores
-        ({"instances": 3}, 2, 1),  # never fewer than one thread
-        ({"instances": 2, "threads": 3}, 8, 3),  # explicit threads win
+        ({}, 2, (2, 1)),  # one single-threaded instance per CPU the process may use
+        ({}, 32, (8, 4)),  # at most 8 instances by default, sharing the CPUs
+        ({"instances": 1}, 8, (1, 8)),  # one instance: every CPU
+        ({"instances": 2}, 8, (2, 4)),  # instances share the CPUs
+        ({"instances": 3}, 2, (3, 1)),  # never fewer than one thread
+        ({"instances": 2, "threads": 3}, 8, (2, 3)),  # explicit threads win
+        ({"model_server_url": "grpc://127.0.0.1:1"}, 8, (1, 1)),  # gateway: one batch in flight
     ],
 )
-def test_instances_share_the_cores_unless_threads_are_given(
-    monkeypatch: pytest.MonkeyPatch, options: dict[str, int], cores: int, expected: int | None
+def test_instances_and_threads_follow_the_cpus_unless_given(
+    options: dict[str, Any], cpus: int, expected: tuple[int, int]
 ) -> None:
+    from imgclf.inference.cpus import CpuBudget
+    from imgclf.serving.http.backends import serving_plan
+
+    plan = serving_plan(ServeSettings(**options), CpuBudget(cpus, "test"))
+    assert (plan.instances, plan.threads) == expected
+
+
+def test_the_planned_threads_reach_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
     from imgclf.serving.http import backends
 
     seen: dict[str, object] = {}
@@ -122,10 +134,9 @@ def test_instances_share_the_cores_unless_threads_are_given(
         seen.update(kwargs)
         return "backend"
 
-    monkeypatch.setattr(backends.os, "cpu_count", lambda: cores)
     monkeypatch.setattr(backends.EmbeddedBackend, "from_bundle", fake_from_bundle)
-    assert backends.load_backend(ServeSettings(**options)) == "backend"  # type: ignore[arg-type]
-    assert seen["threads"] == expected
+    assert backends.load_backend(ServeSettings(), threads=3) == "backend"  # type: ignore[comparison-overlap]
+    assert seen["threads"] == 3
 
 
 def test_instances_come_from_the_cli_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -169,7 +169,7 @@ def test_runtime_failure_is_internal_with_the_reason(
     def broken(batch: np.ndarray) -> np.ndarray:
         raise RuntimeError("out of memory in Gemm")
 
-    model._session = type("Broken", (), {"run": lambda self, *a: broken(a[1])})()
+    model._runtime = type("Broken", (), {"run": lambda self, batch: broken(batch)})()
     with grpcclient.InferenceServerClient(f"127.0.0.1:{model_server.grpc_port}") as client:
         tensor = grpcclient.InferInput("pixels", list(pixels.shape), "UINT8")
         tensor.set_data_from_numpy(pixels)

@@ -13,7 +13,7 @@ Variable               Meaning
 ``MODEL_CACHE_DIR``    Where downloaded bundles go (default ``/tmp/imgclf-model``).
 ``PRELOAD_MODEL``      ``1`` loads the model when the handler module is imported (the init phase,
                        e.g. for provisioned concurrency) instead of on the first invocation.
-``INFERENCE_THREADS``  ONNX Runtime intra-op threads (default: one per core Lambda gives).
+``INFERENCE_THREADS``  ONNX Runtime intra-op threads (default: the CPUs the function may use).
 ``TOP_K``              Classes listed in ``top_k`` when the request does not say (default 5).
 ``OUTPUT_BUCKET``      Bucket for S3-event results (default: the bucket of the uploaded object).
 ``OUTPUT_PREFIX``      Key prefix for S3-event results (default ``predictions/``).

@@ -147,10 +147,15 @@ def _lifespan(services: Services, given: InferenceBackend | None):  # type: igno
 
 
 async def _start(services: Services, given: InferenceBackend | None) -> None:
-    from imgclf.serving.http.backends import load_backend
+    from imgclf.serving.http.backends import load_backend, serving_plan
 
     settings = services.settings
-    backend = given if given is not None else await asyncio.to_thread(load_backend, settings)
+    plan = serving_plan(settings)
+    backend = (
+        given
+        if given is not None
+        else await asyncio.to_thread(load_backend, settings, plan.threads)
+    )
     services.metrics.model_info.info(
         {
             "name": backend.model_name,
@@ -165,7 +170,7 @@ async def _start(services: Services, given: InferenceBackend | None) -> None:
         max_batch_size=settings.max_batch_size,
         max_wait_s=settings.max_wait_ms / 1000.0,
         queue_size=settings.queue_size,
-        instances=settings.instances,
+        instances=plan.instances,
         stats=services.metrics.batch_stats(),
     )
     batcher.start()

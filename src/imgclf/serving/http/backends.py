@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from imgclf.errors import ConfigError
 from imgclf.inference.bundle_source import FetchOptions, fetch_bundle
+from imgclf.inference.cpus import CpuBudget, CpuPlan, available_cpus, plan_cpus
 from imgclf.inference.predictor import Predictor
 from imgclf.preprocessing import PreprocessConfig
 from imgclf.serving.backend import InferenceBackend
@@ -87,8 +87,24 @@ def fetch_options(settings: ServeSettings) -> FetchOptions:
     return FetchOptions(cache_dir=settings.model_cache_dir, artifact=settings.artifact)
 
 
-def load_backend(settings: ServeSettings) -> InferenceBackend:
+def serving_plan(settings: ServeSettings, budget: CpuBudget | None = None) -> CpuPlan:
+    """Model instances and runtime threads of the service: as set, else from the CPU budget.
+
+    In gateway mode the model runs on the model server: one batch in flight unless asked for
+    more, and no runtime here to size.
+    """
+    if settings.model_server_url is not None:
+        return CpuPlan(settings.instances or 1, settings.threads or 1, budget or available_cpus())
+    return plan_cpus(settings.instances, settings.threads, budget=budget)
+
+
+def load_backend(settings: ServeSettings, threads: int | None = None) -> InferenceBackend:
     """Open the backend the settings ask for: a remote model server or a local bundle.
+
+    Args:
+        settings: The service's settings.
+        threads: Runtime threads of the local model (from :func:`serving_plan`); None: the
+            runtime layer's default.
 
     Raises:
         ConfigError: Gateway mode is asked for but the gRPC extra is not installed.
@@ -110,9 +126,6 @@ def load_backend(settings: ServeSettings) -> InferenceBackend:
         )
         return backend
     model = fetch_bundle(settings.model, options=fetch_options(settings))
-    threads = settings.threads
-    if threads is None and settings.instances > 1:  # share the cores, do not oversubscribe them
-        threads = max(1, (os.cpu_count() or 1) // settings.instances)
     return EmbeddedBackend.from_bundle(
         model,
         artifact=settings.artifact,

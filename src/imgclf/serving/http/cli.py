@@ -70,7 +70,9 @@ def register(subparsers: Any) -> None:
         "/v1/models/image_classifier:predict); in gateway mode, its name on the model server",
     )
     parser.add_argument("--artifact", help="artifact to run: auto, onnx-int8, onnx, tflite")
-    parser.add_argument("--threads", type=int, help="runtime threads (default: one per core)")
+    parser.add_argument(
+        "--threads", type=int, help="runtime threads per instance (default: CPUs / instances)"
+    )
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
     parser.add_argument("--max-batch-size", type=int, help="images per model call (1: off)")
@@ -80,8 +82,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--instances",
         type=int,
-        help="batches run at once, each on its own share of the cores (default 1; on a small "
-        "CPU, one per core serves more images per second)",
+        help="batches run at once, each on its own share of the CPUs (default: one per CPU this "
+        "process may use, at most 8; 1 in gateway mode)",
     )
     parser.add_argument("--max-upload-bytes", type=int, help="request body cap (413 above)")
     parser.add_argument(

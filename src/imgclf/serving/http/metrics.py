@@ -14,7 +14,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from imgclf.serving.http.batching import BatchStats
+from imgclf.inference.batching import BatchStats
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.35, 0.5, 1, 2.5, 5)
 _BATCH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 64, 128)

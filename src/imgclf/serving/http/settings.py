@@ -45,7 +45,12 @@ class ServeSettings(BaseSettings):
         None, description="Where remote bundles are cached (default ~/.cache/imgclf/models)"
     )
     artifact: str = Field("auto", description="Artifact to run: auto, onnx-int8, onnx, tflite")
-    threads: int | None = Field(None, ge=1, le=256, description="Runtime intra-op threads")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Runtime intra-op threads per instance (unset: CPUs / instances)",
+    )
     model_server_url: str | None = Field(
         None, description="grpc://HOST:PORT of an Open Inference Protocol server (gateway mode)"
     )
@@ -78,12 +83,13 @@ class ServeSettings(BaseSettings):
         description="Requests in progress (decoding, queued, running); more get 503",
     )
     decode_threads: int = Field(2, ge=1, le=64, description="Threads decoding images")
-    instances: int = Field(
-        1,
+    instances: int | None = Field(
+        None,
         ge=1,
         le=64,
         description="Batches run at the same time, each on its own thread (model instances); "
-        "unless threads is set, each gets an equal share of the cores",
+        "unset: one per CPU this process may use (cgroup quota, then affinity), at most 8, "
+        "or 1 in gateway mode; unless threads is set, each gets an equal share of the CPUs",
     )
 
     # Input limits.

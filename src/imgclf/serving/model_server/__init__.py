@@ -9,8 +9,8 @@ Modules, in the order a request meets them::
 
     repository.py     config.pbtxt parsing (Triton's ModelConfig), version policies, hot reload
     model.py          one model version: inputs (FP32 ``input`` or UINT8 ``pixels``), outputs
-                      (``logits``, ``probabilities``, classification), ONNX Runtime session
-    batching.py       dynamic batching of concurrent requests
+                      (``logits``, ``probabilities``, classification) mapped onto the inference
+                      core (its ONNX Runtime layer, batcher and softmax)
     grpc_service.py   inference.GRPCInferenceService and gRPC status codes
     rest.py           /v2 REST routes with the binary tensor extension
     tfserving_grpc.py TF Serving's PredictionService and ModelService (a port of its own)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from imgclf.inference.cli import positive_int
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``model-server`` command."""
@@ -42,7 +44,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--max-message-mb", type=float, default=64.0, help="largest gRPC message / REST body"
     )
-    parser.add_argument("--threads", type=int, help="ONNX Runtime threads per model")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help="ONNX Runtime threads per model instance (default: the CPUs this process may use, "
+        "shared equally among the instances)",
+    )
     parser.add_argument(
         "--max-connection-age",
         type=float,

@@ -1,4 +1,9 @@
-"""One served model version: an ONNX Runtime session behind a dynamic batcher.
+"""One served model version: a protocol adapter over the inference core (tensor in, tensor out).
+
+The model runs in the core's ONNX Runtime layer (:mod:`imgclf.inference.runtimes`, session options
+and threads decided there) behind the core's batcher (:mod:`imgclf.inference.batching`, with
+Triton's rule of waiting up to the configured queue delay for a batch to fill); probabilities are
+the core's softmax. This module only maps V2 tensors onto it.
 
 A model version accepts either of two inputs (exactly one per request):
 
@@ -24,6 +29,10 @@ from typing import Any
 import numpy as np
 
 from imgclf.errors import BundleError, InputError
+from imgclf.inference.batching import Batcher
+from imgclf.inference.cpus import plan_cpus
+from imgclf.inference.predictions import softmax
+from imgclf.inference.runtimes import Runtime, open_runtime
 from imgclf.model_repository import (
     METADATA_NAME,
     PIXELS_INPUT,
@@ -31,7 +40,6 @@ from imgclf.model_repository import (
     read_parameters,
 )
 from imgclf.preprocessing import PreprocessConfig, normalize
-from imgclf.serving.model_server.batching import DynamicBatcher
 from imgclf.serving.model_server.stats import ModelStats
 
 logger = logging.getLogger(__name__)
@@ -83,7 +91,7 @@ class ServedModel:
         name: str,
         version: int,
         config: Any,
-        session: Any,
+        runtime: Runtime,
         labels: list[str],
         preprocess: PreprocessConfig,
     ) -> None:
@@ -92,11 +100,10 @@ class ServedModel:
         self.config = config
         self.labels = labels
         self.preprocess = preprocess
-        self._session = session
+        self._runtime = runtime
         self.stats = ModelStats()
-        node = session.get_inputs()[0]
-        self.input_name: str = node.name
-        self.output_name: str = session.get_outputs()[0].name
+        self.input_name: str = runtime.signature.input_name
+        self.output_name: str = runtime.signature.output_name
         self.max_batch_size: int = int(config.max_batch_size)
         size = preprocess.input_size
         self.inputs = (
@@ -108,13 +115,12 @@ class ServedModel:
             TensorMetadata(self.output_name, "FP32", (-1, classes)),
             TensorMetadata(PROBABILITIES_OUTPUT, "FP32", (-1, classes)),
         )
-        delay_s = config.dynamic_batching.max_queue_delay_microseconds / 1e6
-        instances = sum(max(1, group.count) for group in config.instance_group) or 1
-        self._batcher = DynamicBatcher(
+        self._batcher = Batcher(
             self._run_logits,
             max_batch_size=self.max_batch_size if config.HasField("dynamic_batching") else 1,
-            max_queue_delay_s=delay_s,
-            workers=instances,
+            max_wait_s=config.dynamic_batching.max_queue_delay_microseconds / 1e6,
+            instances=instance_count(config),
+            wait_when_idle=True,  # Triton's rule: the configured delay is waited for
         )
 
     @classmethod
@@ -123,30 +129,29 @@ class ServedModel:
     ) -> ServedModel:
         """Load ``<model_dir>/<version>/<model file>`` with its labels and preprocessing.
 
+        Args:
+            model_dir: The model's folder in the repository.
+            version: The version folder to load.
+            config: The parsed ``config.pbtxt``.
+            threads: Runtime threads per instance; None shares the process's CPUs equally
+                among the config's instances (:func:`imgclf.inference.cpus.plan_cpus`).
+
         Raises:
             BundleError: The model file, labels or preprocessing are missing or unusable.
         """
-        import onnxruntime as ort
-
         path = model_dir / str(version) / (config.default_model_filename or "model.onnx")
         if not path.is_file():
             raise BundleError(f"{path}: the model file is missing (not copied yet?)")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            session = ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # ORT raises its own exception types
-            raise BundleError(f"{path}: ONNX Runtime cannot load the model ({exc})") from exc
+        if threads is None:
+            threads = plan_cpus(instance_count(config)).threads
+        runtime = open_runtime(path, "onnx", threads=threads)
         labels, preprocess = read_model_info(model_dir, config)
-        _check_signature(session, labels, preprocess, path)
+        _check_signature(runtime, labels, preprocess, path)
         return cls(
             name=config.name or model_dir.name,
             version=version,
             config=config,
-            session=session,
+            runtime=runtime,
             labels=labels,
             preprocess=preprocess,
         )
@@ -182,7 +187,7 @@ class ServedModel:
 
     def _run_logits(self, batch: np.ndarray) -> np.ndarray:
         started = time.perf_counter_ns()
-        result = self._session.run([self.output_name], {self.input_name: batch})[0]
+        result = self._runtime.run(batch)
         self.stats.record_execution(
             batch_size=len(batch), duration_ns=time.perf_counter_ns() - started
         )
@@ -241,12 +246,9 @@ class ServedModel:
         return result
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float32, stable for large logits."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    probs: np.ndarray = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
-    return probs
+def instance_count(config: Any) -> int:
+    """Model instances a ``config.pbtxt`` asks for (batches run at once); at least 1."""
+    return sum(max(1, group.count) for group in config.instance_group) or 1
 
 
 def read_model_info(model_dir: Path, config: Any) -> tuple[list[str], PreprocessConfig]:
@@ -282,19 +284,19 @@ def read_model_info(model_dir: Path, config: Any) -> tuple[list[str], Preprocess
 
 
 def _check_signature(
-    session: Any, labels: list[str], preprocess: PreprocessConfig, path: Path
+    runtime: Runtime, labels: list[str], preprocess: PreprocessConfig, path: Path
 ) -> None:
-    (node,) = session.get_inputs()[:1]
+    signature = runtime.signature
     size = preprocess.input_size
-    shape = [d if isinstance(d, int) else -1 for d in node.shape]
-    if node.type != "tensor(float)" or shape[1:] != [3, size, size]:
+    shape = list(signature.input_shape)
+    if signature.input_dtype != "float32" or shape[1:] != [3, size, size]:
         raise BundleError(
-            f"{path}: input {node.name!r} is {node.type} {shape}, expected float [N, 3, {size}, "
-            f"{size}] to match the preprocessing"
+            f"{path}: input {signature.input_name!r} is {signature.input_dtype} {shape}, expected "
+            f"float32 [N, 3, {size}, {size}] to match the preprocessing"
         )
-    out = session.get_outputs()[0]
-    if out.shape[-1] != len(labels):
-        raise BundleError(f"{path}: output has {out.shape[-1]} classes but {len(labels)} labels")
+    classes = signature.output_shape[-1]
+    if classes != len(labels):
+        raise BundleError(f"{path}: output has {classes} classes but {len(labels)} labels")
 
 
 def _v2_name(dtype: np.dtype[Any]) -> str:
