@@ -67,11 +67,6 @@ class MicroBatcher:
             retry_after_s=retry_after_s,
             stats=stats,
         )
-        self.instances = instances
-        self.max_batch_size = max_batch_size
-        self.max_wait_s = max_wait_s
-        self.queue_size = queue_size
-        self.retry_after_s = retry_after_s
         self._started = False
         self._closing = False
 
