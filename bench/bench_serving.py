@@ -5,7 +5,9 @@ In one run, on the same machine and bundle:
 - **model ceiling**: ``Predictor.run_pixels`` on pre-decoded batches (no decode, no HTTP);
 - **model + decode**: the same, decoding the JPEGs in-process first (what the server must also do);
 - **REST, micro-batched**: ``imgclf serve`` (uvicorn subprocess) with many concurrent keep-alive
-  clients posting real clothing test JPEGs to ``/predict``;
+  clients posting real clothing test JPEGs to ``/predict``: with its defaults (instances and
+  threads chosen from the CPUs the process may use), with one instance on all threads, and with
+  one single-threaded instance per thread;
 - **REST, naive**: the same server with ``--max-batch-size 1`` (one request, one model call).
 
 Usage::
@@ -145,7 +147,7 @@ def model_ceiling(
 def serve_and_load(
     bundle: Path, images: list[bytes], log: Path, args: argparse.Namespace, *options: str
 ) -> tuple[LoadResult, float]:
-    server = ServerProcess(bundle, log, "--threads", str(args.threads), *options)
+    server = ServerProcess(bundle, log, *options)
     try:
         url = f"{server.base}/predict"
         asyncio.run(closed_loop(url, images, concurrency=8, requests=40, max_seconds=30))
@@ -202,11 +204,23 @@ def main() -> None:
     model_only = ceiling.model_only
     print(f"ceiling {model_only:.1f} images/s, with decode {ceiling.with_decode:.1f}", flush=True)
     batch_option = ("--max-batch-size", str(args.batch))
+    threads = ("--threads", str(args.threads))
     with tempfile.TemporaryDirectory() as tmp:
-        batched, batched_rss = serve_and_load(
-            bundle, images, Path(tmp) / "batched.log", args, *batch_option
+        default, default_rss = serve_and_load(
+            bundle, images, Path(tmp) / "default.log", args, *batch_option
         )
-        print(f"batched {batched.throughput:.1f} req/s", flush=True)
+        print(f"batched, defaults {default.throughput:.1f} req/s", flush=True)
+        batched, batched_rss = serve_and_load(
+            bundle,
+            images,
+            Path(tmp) / "batched.log",
+            args,
+            *batch_option,
+            "--instances",
+            "1",
+            *threads,
+        )
+        print(f"batched, one instance {batched.throughput:.1f} req/s", flush=True)
         per_core, per_core_rss = serve_and_load(
             bundle,
             images,
@@ -217,7 +231,11 @@ def main() -> None:
         )
         print(f"batched, {args.threads} instances {per_core.throughput:.1f} req/s", flush=True)
         naive, naive_rss = serve_and_load(
-            bundle, images, Path(tmp) / "naive.log", args, "--max-batch-size", "1"
+            bundle,
+            images,
+            Path(tmp) / "naive.log",
+            args,
+            *("--max-batch-size", "1", "--instances", "1", *threads),
         )
 
     header = [
@@ -244,14 +262,25 @@ def main() -> None:
             ceiling.with_decode,
             ceiling.with_decode_cpu_ms,
         ),
-        row(f"REST micro-batched (max batch {args.batch})", batched, model_only, batched_rss),
+        row(
+            f"REST micro-batched (max batch {args.batch}), default instances and threads",
+            default,
+            model_only,
+            default_rss,
+        ),
+        row(
+            f"REST micro-batched, `--instances 1 --threads {args.threads}`",
+            batched,
+            model_only,
+            batched_rss,
+        ),
         row(
             f"REST micro-batched, `--instances {args.threads} --threads 1`",
             per_core,
             model_only,
             per_core_rss,
         ),
-        row("REST naive (one request, one model call)", naive, model_only, naive_rss),
+        row("REST naive (one request, one model call, one instance)", naive, model_only, naive_rss),
     ]
     cores = os.cpu_count() or 1
     bound = 1000 * cores / both
