@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -41,14 +42,14 @@ class Bench:
 BENCHES = (
     Bench(
         "bench_serving.py",
-        ("--requests", "400", "--ceiling-seconds", "5"),
+        ("--requests", "300", "--ceiling-seconds", "3"),
         ("mode",),
         ("images/s", "p50 ms"),
     ),
-    Bench("bench_gateway.py", (), ("mode", "clients"), ("images/s", "p50 ms")),
+    Bench("bench_gateway.py", ("--rounds", "1"), ("mode", "clients"), ("images/s", "p50 ms")),
     Bench(
         "bench_runtimes.py",
-        ("--no-torch", "--bundle", str(BUNDLED), "--rounds", "3"),
+        ("--no-torch", "--bundle", str(BUNDLED), "--rounds", "2", "--iters", "20"),
         ("runtime",),
         ("p50 ms", "JPEG->label p50 ms", "batch 16 img/s", "cold start s"),
     ),
@@ -96,17 +97,30 @@ def run_bench(bench: Bench, tree: Path) -> dict[tuple[str, str], float]:
     return parse_tables(done.stdout, bench)
 
 
-def measure(trees: dict[str, Path], rounds: int) -> Figures:
-    """Every benchmark on every tree, ``rounds`` times, alternating which tree goes first."""
-    figures: Figures = {}
+def measure(trees: dict[str, Path], rounds: int, record: Path) -> None:
+    """Every benchmark on every tree, ``rounds`` times, alternating which tree goes first.
+
+    Each run's figures are appended to ``record`` (JSON lines) as soon as it ends, so an
+    interrupted measurement keeps what it finished.
+    """
     for round_index in range(rounds):
         order = list(trees) if round_index % 2 == 0 else list(reversed(trees))
         for bench in BENCHES:
             for name in order:
-                for (label, metric), value in run_bench(bench, trees[name]).items():
-                    key = (bench.script, label, metric)
-                    figures.setdefault(key, {}).setdefault(name, []).append(value)
+                found = run_bench(bench, trees[name])
+                with record.open("a", encoding="utf-8") as handle:
+                    for (label, metric), value in found.items():
+                        line = [bench.script, label, metric, name, value]
+                        handle.write(json.dumps(line) + "\n")
                 print(f"round {round_index + 1}: {bench.script} on {name} done", file=sys.stderr)
+
+
+def read_record(record: Path) -> Figures:
+    """The figures recorded so far, grouped by benchmark row and tree."""
+    figures: Figures = {}
+    for line in record.read_text(encoding="utf-8").splitlines():
+        script, label, metric, tree, value = json.loads(line)
+        figures.setdefault((script, label, metric), {}).setdefault(tree, []).append(value)
     return figures
 
 
@@ -126,16 +140,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", type=Path, required=True, help="src/ of the before tree")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per tree")
+    parser.add_argument(
+        "--record", type=Path, default=Path("before-after.jsonl"), help="figures, one per line"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="report what --record holds, measure nothing"
+    )
     parser.add_argument("--update-docs", action="store_true", help=f"rewrite '{SECTION}'")
     args = parser.parse_args()
     trees = {"before": args.before.resolve(), "after": REPO / "src"}
     load_before = os.getloadavg()[0]
-    figures = measure(trees, args.rounds)
+    if not args.report_only:
+        args.record.unlink(missing_ok=True)
+        measure(trees, args.rounds, args.record)
+    figures = read_record(args.record)
     load_after = os.getloadavg()[0]
     header = ["benchmark", "row", "figure", "before", "after", "after/before"]
     table = markdown_table(header, report_rows(figures))
     note = (
-        f"Medians of {args.rounds} rounds per tree, the tree going first alternating by round; "
+        f"Medians of up to {args.rounds} rounds per tree (of the runs in the record), the tree "
+        "going first alternating by round; "
         "the benchmark scripts are this checkout's for both trees, so each row ran the same "
         f"command. Load average (1 min) before/after: {load_before:.1f}/{load_after:.1f}; the "
         "machine is shared, so read ratios, not absolute numbers."
