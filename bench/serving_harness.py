@@ -6,7 +6,6 @@ Everything runs on 127.0.0.1 and is bounded in requests and seconds.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import signal
@@ -14,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -253,47 +252,21 @@ async def _post(
         result.errors.append(f"{type(exc).__name__}: {exc}")
 
 
-def json_b64_request(url: str, image: bytes) -> bytes:
-    """A keep-alive HTTP/1.1 request with TF Serving's row format: ``{"instances": [{"b64"}]}``.
-
-    ``imgclf serve`` (``/v1/models/NAME:predict``), a KServe V1 custom model and a BentoML service
-    taking ``instances`` all accept this body, so one load generator can drive them all.
-    """
-    parts = urlsplit(url)
-    body = json.dumps({"instances": [{"b64": base64.b64encode(image).decode()}]}).encode()
-    head = (
-        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-RequestEncoder = Callable[[str, bytes], bytes]
-
-
-def _prepared(
-    url: str, images: Sequence[bytes], encode: RequestEncoder = multipart_request
-) -> tuple[str, int, list[bytes]]:
+def _prepared(url: str, images: Sequence[bytes]) -> tuple[str, int, list[bytes]]:
     parts = urlsplit(url)
     return (
         parts.hostname or "127.0.0.1",
         parts.port or 80,
-        [encode(url, image) for image in images],
+        [multipart_request(url, image) for image in images],
     )
 
 
 async def closed_loop(
-    url: str,
-    images: Sequence[bytes],
-    *,
-    concurrency: int,
-    requests: int,
-    max_seconds: float,
-    encode: RequestEncoder = multipart_request,
+    url: str, images: Sequence[bytes], *, concurrency: int, requests: int, max_seconds: float
 ) -> LoadResult:
     """``concurrency`` clients, each sending its next request as soon as the last one answers."""
     result = LoadResult()
-    host, port, prepared = _prepared(url, images, encode)
+    host, port, prepared = _prepared(url, images)
     counter = iter(range(requests))
     deadline = time.monotonic() + max_seconds
 
