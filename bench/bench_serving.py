@@ -305,10 +305,10 @@ def main() -> None:
     print(budget)
     facts = {
         "serving.rest_ips": f"{batched.throughput:.0f}",
-        "serving.rest_p50_ms": rows[4][3],
+        "serving.rest_p50_ms": rows[5][3],  # rows[4] is the defaults row
         "serving.instances_ips": f"{per_core.throughput:.0f}",
-        "serving.instances_p50_ms": rows[5][3],
-        "serving.instances_of_ceiling": rows[5][2],
+        "serving.instances_p50_ms": rows[6][3],
+        "serving.instances_of_ceiling": rows[6][2],
         "serving.model_cpu_ms": f"{ceiling.model_cpu_ms:.1f}",
         "serving.decode_cpu_ms": f"{ceiling.decode_cpu_ms:.1f}",
         "serving.cpu_bound_of_ceiling": f"{100 * bound / model_only:.0f}%",
