@@ -116,10 +116,13 @@ def test_port_in_use_is_one_line_before_the_server_starts(busy_port: int, tmp_pa
 
 
 def test_unwritable_output_names_the_path(photo: Path, tmp_path: Path) -> None:
-    out = tmp_path / "no-such-folder" / "predictions.csv"
+    blocker = tmp_path / "a-file"  # missing folders are created; a file in the way is not one
+    blocker.write_text("not a folder")
+    out = blocker / "predictions.csv"
     result = imgclf(["predict", str(photo), "-o", str(out)], tmp_path)
     assert result.returncode == EXIT_CODES["error"]
-    assert one_line(result, "predict") == f"imgclf predict: error: {out}: No such file or directory"
+    assert one_line(result, "predict").startswith("imgclf predict: error: ")
+    assert str(blocker) in one_line(result, "predict")
 
 
 def test_some_inputs_failing_is_code_1(photo: Path, tmp_path: Path) -> None:
