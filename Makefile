@@ -48,7 +48,7 @@ serve: install-serve
 
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e '.[serve,grpc,lambda,train,dev]'
+	$(BIN)/pip install --quiet -e '.[serve,grpc,lambda,train,ray,s3,dev]'
 
 test: install-dev
 	$(BIN)/python -m pytest
