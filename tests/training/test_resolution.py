@@ -19,6 +19,8 @@ def test_size_rule(short_side: int | None, expected: int) -> None:
     size, reason = choose_image_size(short_side, 224)
     assert size == expected
     assert ("224 px" in reason) and (str(short_side) in reason or short_side is None)
+    # The backbone's own size is never described as an upscale of the photos.
+    assert (size == 224) == reason.startswith("the backbone's pretrained size")
 
 
 def test_median_short_side_reads_headers_and_skips_broken_files(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def choose_image_size(short_side: int | None, backbone_size: int) -> tuple[int, 
     """The serving/evaluation input size for photos of this median short side, and why."""
     if short_side is None:
         return backbone_size, f"the backbone's pretrained size, {backbone_size} px"
-    if short_side * 2 >= backbone_size:
+    if short_side * 2 >= backbone_size or short_side * UPSCALE >= backbone_size:
         return backbone_size, (
             f"the backbone's pretrained size, {backbone_size} px; the photos' median short "
             f"side is {short_side} px"
