@@ -31,6 +31,7 @@ from imgclf.inference.batch import (
     IMAGE_EXTENSIONS,
     InputItem,
     PredictResult,
+    default_fetcher,
     expand_inputs,
     predict_many,
 )
@@ -143,8 +144,6 @@ def source_fetcher(max_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> Callable[[str], 
 
     def fetch(uri: str) -> bytes:
         if not s3.is_s3_uri(uri):
-            from imgclf.inference.batch import default_fetcher
-
             return default_fetcher()(uri)
         return read_s3_object(uri, max_bytes)
 
