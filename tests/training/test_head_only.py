@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,30 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def _count_passes(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """Count images through the network per pass name (``embed`` and ``predict_probs``)."""
+    """Count images through the network per pass name (feature extractors and ``predict_probs``).
+
+    Every extractor is ONNX Runtime's here (fp32 on a CPU), which the counts check too.
+    """
     seen: Counter[str] = Counter()
+    make = trainer.feature_extractor
 
-    def counted(function: Callable[..., Any], name: str) -> Callable[..., Any]:
-        def wrapper(model: Any, pixels: np.ndarray, *args: Any, **kwargs: Any) -> Any:
-            seen[f"{name} {kwargs.get('desc')}"] += len(pixels)
-            return function(model, pixels, *args, **kwargs)
+    class Counted:
+        def __init__(self, extract: Any) -> None:
+            self.extract, self.engine = extract, extract.engine
 
-        return wrapper
+        def __call__(self, pixels: np.ndarray, **options: Any) -> Any:
+            seen[f"{self.engine} {options.get('desc')}"] += len(pixels)
+            return self.extract(pixels, **options)
 
-    monkeypatch.setattr(trainer, "embed", counted(trainer.embed, "embed"))
-    monkeypatch.setattr(trainer, "predict_probs", counted(trainer.predict_probs, "forward"))
+    def counted_extractor(*args: Any, **kwargs: Any) -> Counted:
+        return Counted(make(*args, **kwargs))
+
+    def counted_forward(model: Any, pixels: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        seen[f"forward {kwargs.get('desc')}"] += len(pixels)
+        return predict_probs(model, pixels, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "feature_extractor", counted_extractor)
+    monkeypatch.setattr(trainer, "predict_probs", counted_forward)
     return seen
 
 
@@ -49,9 +60,9 @@ def test_head_only_reads_each_split_once(
     assert result is not None
     assert set(result.metrics) == {"validation", "test"}
     assert seen == {
-        "embed features train 1/1": 36,
-        "embed features validation 1/1": 36,
-        "embed evaluate test": 36,
+        "onnxruntime features train 1/1": 36,
+        "onnxruntime features validation 1/1": 36,
+        "onnxruntime evaluate test": 36,
     }
 
 
@@ -64,10 +75,10 @@ def test_flipped_pass_and_train_evaluation_only_on_request(
     assert result is not None
     assert set(result.metrics) == {"train", "validation", "test"}
     assert seen == {
-        "embed features train 1/2": 36,
-        "embed features train 2/2 (flipped)": 36,
-        "embed features validation 1/1": 36,
-        "embed evaluate test": 36,
+        "onnxruntime features train 1/2": 36,
+        "onnxruntime features train 2/2 (flipped)": 36,
+        "onnxruntime features validation 1/1": 36,
+        "onnxruntime evaluate test": 36,
     }  # train and validation metrics reuse the head stage's features
 
 
@@ -147,3 +158,52 @@ def test_train_pixels_are_freed_before_fine_tuning_unless_evaluated(
     assert result is not None
     assert seen == [kept]
     assert ("train" in result.metrics) is eval_train
+
+
+def test_onnx_features_equal_torch_features_and_flip_alike(color_dataset: Path) -> None:
+    """ONNX Runtime computes the head stage's features on a CPU; they are torch's features."""
+    import torch
+
+    from imgclf.backbones import create_model, default_preprocess_config
+    from imgclf.training.head import OnnxFeatures, TorchFeatures, feature_extractor
+
+    preprocess = default_preprocess_config("efficientnet_lite0", 64)
+    model = create_model("efficientnet_lite0", 3, pretrained=False).eval()
+    paths = sorted((color_dataset / "train").glob("*/*.jpg"))[:6]
+    pixels = decode_split(paths, [0] * len(paths), preprocess, keep_train_images=False).eval_pixels
+    cpu = torch.device("cpu")
+    extract = feature_extractor(model, preprocess, cpu)
+    assert isinstance(extract, OnnxFeatures) and extract.engine == "onnxruntime"
+    reference = TorchFeatures(model, preprocess, cpu)
+    for flip in (False, True):
+        ours = extract(pixels, flip=flip, desc="features")
+        theirs = reference(pixels, flip=flip, desc="features")
+        assert ours.shape == theirs.shape == (6, model.num_features)
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    mirrored = extract(pixels[:, :, ::-1].copy(), desc="features")
+    torch.testing.assert_close(mirrored, extract(pixels, flip=True, desc="features"))
+
+
+def test_features_fall_back_to_torch_when_the_network_does_not_export(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+
+    from imgclf.backbones import create_model, default_preprocess_config
+    from imgclf.errors import ExportError
+    from imgclf.training import head
+    from imgclf.training.precision import Precision
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise ExportError("torch could not export X to ONNX: unsupported op")
+
+    monkeypatch.setattr(head, "torch_to_onnx", refuse)
+    preprocess = default_preprocess_config("efficientnet_lite0", 64)
+    model = create_model("efficientnet_lite0", 3, pretrained=False).eval()
+    cpu = torch.device("cpu")
+    with caplog.at_level("WARNING", logger=head.__name__):
+        assert head.feature_extractor(model, preprocess, cpu).engine == "torch"
+    assert "unsupported op" in caplog.text
+    # Reduced precision (chosen only where it runs natively and faster) stays on torch.
+    bf16 = Precision("bf16", "test")
+    assert head.feature_extractor(model, preprocess, cpu, bf16).engine == "torch"

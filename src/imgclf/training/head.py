@@ -9,16 +9,21 @@ features ("linear probe, then fine-tune").
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from imgclf.preprocessing import PreprocessConfig
+from imgclf.errors import BundleError, ExportError
+from imgclf.inference.runtimes import Runtime, open_runtime
+from imgclf.preprocessing import PreprocessConfig, normalize
 from imgclf.progress import progress
+from imgclf.torch_onnx import torch_to_onnx
 from imgclf.training.images import to_model_input
 from imgclf.training.precision import FP32, Precision, Probe, autocast, timed_forward
 
@@ -63,6 +68,121 @@ def embed(
         bar.update(len(batch))
     bar.close()
     return torch.cat(chunks) if chunks else torch.zeros((0, 0))
+
+
+class Features(Protocol):
+    """Pre-logit features of the frozen network, float32 ``(N, D)``, one pass over ``pixels``."""
+
+    #: What computes them (``"onnxruntime"`` or ``"torch"``), for the log and the manifest.
+    engine: str
+
+    def __call__(self, pixels: np.ndarray, *, flip: bool = False, desc: str) -> torch.Tensor:
+        """Features of uint8 ``(N, H, W, 3)`` pixels (mirrored with ``flip``)."""
+        ...
+
+
+class TorchFeatures:
+    """Features computed by the torch model itself (GPUs, reduced precision, or no ONNX graph)."""
+
+    engine = "torch"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: PreprocessConfig,
+        device: torch.device,
+        precision: Precision = FP32,
+    ) -> None:
+        self._model, self._config, self._device, self._precision = model, config, device, precision
+
+    def __call__(self, pixels: np.ndarray, *, flip: bool = False, desc: str) -> torch.Tensor:
+        """Features of uint8 ``(N, H, W, 3)`` pixels (see :func:`embed`)."""
+        return embed(
+            self._model,
+            pixels,
+            self._config,
+            device=self._device,
+            precision=self._precision,
+            flip=flip,
+            desc=desc,
+        )
+
+
+class _PreLogits(nn.Module):
+    """The part of a timm classifier before its last linear layer."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model: Any = model
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        features: torch.Tensor = self.model.forward_head(
+            self.model.forward_features(inputs), pre_logits=True
+        )
+        return features
+
+
+class OnnxFeatures:
+    """Features computed by ONNX Runtime from the frozen network, exported once.
+
+    On a CPU the head stage is one forward pass over every image, and ONNX Runtime runs the
+    exported graph several times faster than torch's eager CPU kernels (about 5x for Lite0 at
+    224 px on an AVX2 machine), for the cost of one export (about 10 s). The features equal
+    torch's within float32 rounding; the bundle keeps the torch weights either way.
+    """
+
+    engine = "onnxruntime"
+
+    def __init__(self, model: nn.Module, config: PreprocessConfig, threads: int) -> None:
+        """Export ``model``'s pre-logit part and open it with ``threads`` intra-op threads.
+
+        Raises:
+            ExportError: torch cannot export the network, or ONNX Runtime cannot load it.
+        """
+        self._config = config
+        with tempfile.TemporaryDirectory(prefix="imgclf-features-") as scratch:
+            path = Path(scratch) / "features.onnx"
+            torch_to_onnx(_PreLogits(model).eval(), config.input_size, path, output_name="features")
+            try:
+                self._runtime: Runtime = open_runtime(path, "onnx", threads=threads)
+            except BundleError as exc:
+                raise ExportError(str(exc)) from exc
+
+    def __call__(
+        self, pixels: np.ndarray, *, flip: bool = False, desc: str, batch_size: int = 32
+    ) -> torch.Tensor:
+        """Features of uint8 ``(N, H, W, 3)`` pixels, ``batch_size`` images per run."""
+        chunks = []
+        bar = progress(desc=desc, total=len(pixels), unit="img", leave=False)
+        for part in _batches(len(pixels), batch_size):
+            batch = pixels[part][:, :, ::-1] if flip else pixels[part]
+            chunks.append(self._runtime.run(normalize(batch, self._config)))
+            bar.update(len(batch))
+        bar.close()
+        if not chunks:
+            return torch.zeros((0, 0))
+        return torch.from_numpy(np.concatenate(chunks).astype(np.float32, copy=False))
+
+
+def feature_extractor(
+    model: nn.Module,
+    config: PreprocessConfig,
+    device: torch.device,
+    precision: Precision = FP32,
+) -> Features:
+    """The fastest way to compute the head stage's features here.
+
+    ONNX Runtime for fp32 on a CPU; torch on accelerators and for reduced precision (which the
+    precision probe picked because this device runs it natively and faster), and whenever the
+    network cannot be exported (logged).
+    """
+    if device.type != "cpu" or precision.dtype is not None:
+        return TorchFeatures(model, config, device, precision)
+    try:
+        return OnnxFeatures(model, config, threads=torch.get_num_threads())
+    except ExportError as exc:
+        log.warning("features by torch: the network does not export to ONNX (%s)", exc)
+        return TorchFeatures(model, config, device, precision)
 
 
 def probe_for(

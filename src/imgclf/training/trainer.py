@@ -38,7 +38,7 @@ from imgclf.training.finetune import (
     predict_probs,
     train_epoch,
 )
-from imgclf.training.head import embed, fit_head, probe_for
+from imgclf.training.head import Features, feature_extractor, fit_head, probe_for
 from imgclf.training.images import Augmenter, DecodedSplit, decode_split
 from imgclf.training.precision import FP32, Precision, choose_precision
 from imgclf.training.recipe import TrainConfig
@@ -143,18 +143,17 @@ class HeadStage:
 
     row: dict[str, Any]
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: The fp32 extractor that computed ``features``, kept for the final evaluation's other splits
+    #: when no fine-tuning follows.
+    extract: Features | None = None
 
 
-def _train_features(model: nn.Module, prep: Prepared, config: TrainConfig) -> torch.Tensor:
+def _train_features(features: Features, prep: Prepared, config: TrainConfig) -> torch.Tensor:
     train = prep.splits["train"]
     passes = 2 if config.head_flip else 1
     chunks = [
-        embed(
-            model,
+        features(
             train.eval_pixels,
-            prep.preprocess,
-            device=prep.device,
-            precision=prep.precision,
             flip=flipped,
             desc=f"features train {index}/{passes}{' (flipped)' if flipped else ''}",
         )
@@ -166,17 +165,12 @@ def _train_features(model: nn.Module, prep: Prepared, config: TrainConfig) -> to
 def _head_stage(model: nn.Module, prep: Prepared, config: TrainConfig) -> HeadStage:
     train, val = prep.splits["train"], prep.splits["validation"]
     started = time.perf_counter()
-    train_features = _train_features(model, prep, config)
+    features = feature_extractor(model, prep.preprocess, prep.device, prep.precision)
+    note(f"features: {features.engine}")
+    train_features = _train_features(features, prep, config)
     passes = len(train_features) // max(1, len(train))
     train_labels = torch.from_numpy(np.concatenate([train.labels] * passes))
-    val_features = embed(
-        model,
-        val.eval_pixels,
-        prep.preprocess,
-        device=prep.device,
-        precision=prep.precision,
-        desc="features validation 1/1",
-    )
+    val_features = features(val.eval_pixels, desc="features validation 1/1")
     fit = fit_head(
         train_features,
         train_labels,
@@ -205,7 +199,9 @@ def _head_stage(model: nn.Module, prep: Prepared, config: TrainConfig) -> HeadSt
     }
     if prep.precision.dtype is not None:
         return HeadStage(row)  # reduced-precision features differ from what serving computes
-    return HeadStage(row, {"train": train_features[: len(train)], "validation": val_features})
+    cached = {"train": train_features[: len(train)], "validation": val_features}
+    # Fine-tuning will change the network: its extractor would be stale by the final evaluation.
+    return HeadStage(row, cached, features if config.epochs == 0 else None)
 
 
 def _validate(model: nn.Module, prep: Prepared, desc: str) -> tuple[float, float]:
@@ -357,42 +353,50 @@ def _load_checkpoint(path: Path, config: TrainConfig, labels: list[str]) -> dict
 
 
 def _split_probs(
-    model: nn.Module, prep: Prepared, name: str, features: dict[str, torch.Tensor] | None
+    model: nn.Module, prep: Prepared, name: str, extract: Features, cached: torch.Tensor | None
 ) -> np.ndarray:
     """Probabilities of one split in fp32 with the serving preprocessing.
 
-    ``features`` (None when the network changed since the head stage) are the head stage's fp32
-    features: the classifier applied to them gives what a full forward pass would, for the cost
-    of one matrix product; a split without cached features is embedded once here.
+    The classifier applied to the network's pre-logit features gives what a full forward pass
+    would; ``cached`` are the head stage's features of this split (only while the network is
+    unchanged since), otherwise ``extract`` computes them in one pass.
     """
-    split, desc = prep.splits[name], f"evaluate {name}"
-    if features is None:
-        return predict_probs(model, split.eval_pixels, prep.preprocess, prep.device, desc=desc)
-    cached = features.get(name)
+    split = prep.splits[name]
     if cached is None:
-        cached = embed(model, split.eval_pixels, prep.preprocess, device=prep.device, desc=desc)
+        cached = extract(split.eval_pixels, desc=f"evaluate {name}")
     classifier: Any = model.get_classifier()  # type: ignore[operator]
     with torch.no_grad():
-        logits = nn.functional.linear(cached.to(prep.device), classifier.weight, classifier.bias)
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        weight = classifier.weight.detach().float().cpu()
+        logits = nn.functional.linear(
+            cached.float(), weight, classifier.bias.detach().float().cpu()
+        )
+        return torch.softmax(logits, dim=1).numpy()
 
 
 def _final_metrics(
     model: nn.Module,
     prep: Prepared,
     config: TrainConfig,
-    features: dict[str, torch.Tensor] | None,
+    head: tuple[dict[str, torch.Tensor], Features | None] | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics and predictions per split (train only with ``eval_train``)."""
+    """Metrics and predictions per split (train only with ``eval_train``).
+
+    ``head`` (None once the network changed since the head stage) holds the head stage's cached
+    features per split and, when it can still serve, the extractor that computed them.
+    """
     from imgclf.data import ImageRecord
     from imgclf.evaluation import SplitPredictions, compute_metrics
+
+    cached, extract = head or ({}, None)
+    if extract is None:
+        extract = feature_extractor(model, prep.preprocess, prep.device)
 
     results: dict[str, Any] = {}
     predictions: dict[str, Any] = {}
     for name, split in prep.splits.items():
         if name == "train" and not config.eval_train:
             continue
-        probs = _split_probs(model, prep, name, features)
+        probs = _split_probs(model, prep, name, extract, cached.get(name))
         results[name] = compute_metrics(probs, split.labels, prep.dataset.classes)
         records = [ImageRecord(p, int(y)) for p, y in zip(split.paths, split.labels, strict=True)]
         predictions[name] = SplitPredictions(records, probs)
@@ -537,12 +541,13 @@ def train(
     checkpoint = out / CHECKPOINT_NAME
     if resume:
         resumed = _resume(model, checkpoint, config, labels)
-        loop, head_features = LoopState(**resumed["loop"]), None
+        loop, head_features, extract = LoopState(**resumed["loop"]), None, None
     else:
         mark = time.perf_counter()
         head = _head_stage(model, prep, config)
         timings["head_s"] = time.perf_counter() - mark
-        loop, resumed, head_features = _after_head(model, head), None, head.features
+        loop, resumed = _after_head(model, head), None
+        head_features, extract = head.features, head.extract
     _release_train_pixels(prep, config)
     mark = time.perf_counter()
     loop = _finetune(model, prep, config, loop, checkpoint, resumed, stop_after)
@@ -557,7 +562,7 @@ def train(
     # network is unchanged, so its features need not be computed again.
     unchanged = loop.best_epoch == 0
     results, predictions = _final_metrics(
-        model, prep, config, (head_features or {}) if unchanged else None
+        model, prep, config, (head_features or {}, extract) if unchanged else None
     )
     timings["final_eval_s"] = time.perf_counter() - mark
     timings["total_s"] = time.perf_counter() - started
