@@ -69,6 +69,7 @@ def progress(
     total: int | None = None,
     unit: str = "it",
     leave: bool = True,
+    disable: bool = False,
 ) -> tqdm[T]:
     """A progress bar on stderr: a live bar on a terminal, plain timed lines otherwise.
 
@@ -78,6 +79,7 @@ def progress(
         total: Number of steps (default: ``len(iterable)`` when it has one).
         unit: Name of one step (``"img"`` shows ``img/s``).
         leave: Keep the final state on screen (always kept as a line when not a terminal).
+        disable: Show nothing (work too brief or too internal to report, e.g. a timing probe).
 
     Returns:
         A ``tqdm`` object: iterate over it, or ``update``/``set_postfix``/``close`` it.
@@ -92,6 +94,7 @@ def progress(
             leave=leave,
             file=stream,
             dynamic_ncols=True,
+            disable=disable,
         )
     interval = float(os.environ.get("IMGCLF_PROGRESS_INTERVAL", PLAIN_INTERVAL_S))
     length = getattr(iterable, "__len__", None)
@@ -102,6 +105,7 @@ def progress(
         "mininterval": interval,
         "maxinterval": max(interval, 10.0),
         "ncols": 200,
+        "disable": disable,
     }
     return tqdm(
         iterable,

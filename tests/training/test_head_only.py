@@ -125,7 +125,7 @@ def test_cli_names_every_phase_in_plain_lines(color_dataset: Path, tmp_path: Pat
     for phase in (
         "decode 1/3 splits (train): 36/36 img",
         "decode 3/3 splits (test): 36/36 img",
-        "precision: fp32 (--no-bf16 given)",
+        "features: onnxruntime fp32 (--no-bf16 given)",
         "features train 1/1: 36/36 img",
         "features validation 1/1: 36/36 img",
         "head fit: 3/3 fit",
@@ -207,3 +207,64 @@ def test_features_fall_back_to_torch_when_the_network_does_not_export(
     # Reduced precision (chosen only where it runs natively and faster) stays on torch.
     bf16 = Precision("bf16", "test")
     assert head.feature_extractor(model, preprocess, cpu, bf16).engine == "torch"
+
+
+@pytest.mark.parametrize(
+    ("onnx_s", "torch_s", "engine", "precision"),
+    [(0.1, 0.2, "onnxruntime", "fp32"), (0.3, 0.2, "torch", "bf16")],
+)
+def test_reduced_precision_races_onnx_runtime_fp32(
+    color_dataset: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    onnx_s: float,
+    torch_s: float,
+    engine: str,
+    precision: str,
+) -> None:
+    """bf16 beat torch's fp32 on this CPU; ONNX Runtime's fp32 may still beat it, by timing."""
+    import torch
+
+    from imgclf.backbones import create_model, default_preprocess_config
+    from imgclf.training import head
+    from imgclf.training.precision import Precision
+
+    raced: list[int] = []
+
+    def race(first: Any, second: Any, sample: np.ndarray) -> tuple[float, float]:
+        assert (first.engine, second.engine) == ("onnxruntime", "torch")
+        raced.append(len(sample))
+        return onnx_s, torch_s
+
+    monkeypatch.setattr(head, "_race", race)
+    preprocess = default_preprocess_config("efficientnet_lite0", 64)
+    model = create_model("efficientnet_lite0", 3, pretrained=False).eval()
+    sample = np.zeros((16, 64, 64, 3), np.uint8)
+    cpu = torch.device("cpu")
+    bf16 = Precision("bf16", "native; bf16 1 ms vs fp32 2 ms per batch (2.0x)")
+    chosen = head.feature_extractor(model, preprocess, cpu, bf16, sample)
+    assert (chosen.engine, chosen.precision.name, raced) == (engine, precision, [16])
+    assert chosen.precision.reason.startswith(
+        f"onnxruntime fp32 {onnx_s * 1e3:.0f} ms vs torch bf16 {torch_s * 1e3:.0f} ms per batch"
+    )
+    assert chosen.precision.reason.endswith(bf16.reason)
+    # Forced by --bf16 (no sample): torch in bf16, no race.
+    forced = head.feature_extractor(model, preprocess, cpu, Precision("bf16", "--bf16 given"))
+    assert (forced.engine, forced.precision.reason, raced) == ("torch", "--bf16 given", [16])
+
+
+def test_race_times_both_extractors(color_dataset: Path) -> None:
+    import torch
+
+    from imgclf.backbones import create_model, default_preprocess_config
+    from imgclf.training import head
+
+    preprocess = default_preprocess_config("efficientnet_lite0", 32)
+    model = create_model("efficientnet_lite0", 3, pretrained=False).eval()
+    cpu = torch.device("cpu")
+    sample = np.zeros((4, 32, 32, 3), np.uint8)
+    onnx_s, torch_s = head._race(
+        head.OnnxFeatures(model, preprocess, threads=1),
+        head.TorchFeatures(model, preprocess, cpu),
+        sample,
+    )
+    assert 0 < onnx_s < 60 and 0 < torch_s < 60

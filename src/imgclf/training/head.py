@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +53,11 @@ def embed(
 ) -> torch.Tensor:
     """Pooled pre-logit features of uint8 ``(N, H, W, 3)`` pixels, float32 ``(N, D)``.
 
-    ``desc`` names the pass on the progress bar (``"features train 1/2"``).
+    ``desc`` names the pass on the progress bar (``"features train 1/2"``; empty: no bar).
     """
     net: Any = model.eval()  # timm's forward_features/forward_head are untyped
     chunks = []
-    bar = progress(desc=desc, total=len(pixels), unit="img", leave=False)
+    bar = progress(desc=desc, total=len(pixels), unit="img", leave=False, disable=not desc)
     for part in _batches(len(pixels), batch_size):
         batch = torch.from_numpy(pixels[part])
         if flip:
@@ -75,6 +76,8 @@ class Features(Protocol):
 
     #: What computes them (``"onnxruntime"`` or ``"torch"``), for the log and the manifest.
     engine: str
+    #: Their precision and why it was chosen.
+    precision: Precision
 
     def __call__(self, pixels: np.ndarray, *, flip: bool = False, desc: str) -> torch.Tensor:
         """Features of uint8 ``(N, H, W, 3)`` pixels (mirrored with ``flip``)."""
@@ -93,7 +96,7 @@ class TorchFeatures:
         device: torch.device,
         precision: Precision = FP32,
     ) -> None:
-        self._model, self._config, self._device, self._precision = model, config, device, precision
+        self._model, self._config, self._device, self.precision = model, config, device, precision
 
     def __call__(self, pixels: np.ndarray, *, flip: bool = False, desc: str) -> torch.Tensor:
         """Features of uint8 ``(N, H, W, 3)`` pixels (see :func:`embed`)."""
@@ -102,7 +105,7 @@ class TorchFeatures:
             pixels,
             self._config,
             device=self._device,
-            precision=self._precision,
+            precision=self.precision,
             flip=flip,
             desc=desc,
         )
@@ -133,13 +136,15 @@ class OnnxFeatures:
 
     engine = "onnxruntime"
 
-    def __init__(self, model: nn.Module, config: PreprocessConfig, threads: int) -> None:
+    def __init__(
+        self, model: nn.Module, config: PreprocessConfig, threads: int, precision: Precision = FP32
+    ) -> None:
         """Export ``model``'s pre-logit part and open it with ``threads`` intra-op threads.
 
         Raises:
             ExportError: torch cannot export the network, or ONNX Runtime cannot load it.
         """
-        self._config = config
+        self._config, self.precision = config, precision
         with tempfile.TemporaryDirectory(prefix="imgclf-features-") as scratch:
             path = Path(scratch) / "features.onnx"
             torch_to_onnx(_PreLogits(model).eval(), config.input_size, path, output_name="features")
@@ -153,7 +158,7 @@ class OnnxFeatures:
     ) -> torch.Tensor:
         """Features of uint8 ``(N, H, W, 3)`` pixels, ``batch_size`` images per run."""
         chunks = []
-        bar = progress(desc=desc, total=len(pixels), unit="img", leave=False)
+        bar = progress(desc=desc, total=len(pixels), unit="img", leave=False, disable=not desc)
         for part in _batches(len(pixels), batch_size):
             batch = pixels[part][:, :, ::-1] if flip else pixels[part]
             chunks.append(self._runtime.run(normalize(batch, self._config)))
@@ -169,20 +174,47 @@ def feature_extractor(
     config: PreprocessConfig,
     device: torch.device,
     precision: Precision = FP32,
+    sample: np.ndarray | None = None,
 ) -> Features:
     """The fastest way to compute the head stage's features here.
 
-    ONNX Runtime for fp32 on a CPU; torch on accelerators and for reduced precision (which the
-    precision probe picked because this device runs it natively and faster), and whenever the
-    network cannot be exported (logged).
+    ONNX Runtime in fp32 on a CPU; torch on accelerators, whenever the network cannot be exported
+    (logged), and for reduced precision when it is faster: ``precision`` is reduced only where the
+    device runs it natively and faster than torch's fp32, so with a ``sample`` (uint8 images to
+    time, given when the precision was not forced by a flag) ONNX Runtime's fp32 races it.
     """
-    if device.type != "cpu" or precision.dtype is not None:
+    if device.type != "cpu" or (precision.dtype is not None and sample is None):
         return TorchFeatures(model, config, device, precision)
     try:
-        return OnnxFeatures(model, config, threads=torch.get_num_threads())
+        onnx = OnnxFeatures(model, config, threads=torch.get_num_threads(), precision=precision)
     except ExportError as exc:
         log.warning("features by torch: the network does not export to ONNX (%s)", exc)
         return TorchFeatures(model, config, device, precision)
+    if precision.dtype is None or sample is None:
+        return onnx
+    reduced = TorchFeatures(model, config, device, precision)
+    onnx_s, reduced_s = _race(onnx, reduced, sample)
+    timing = (
+        f"onnxruntime fp32 {onnx_s * 1e3:.0f} ms vs torch {precision.name} "
+        f"{reduced_s * 1e3:.0f} ms per batch of {len(sample)}"
+    )
+    if onnx_s <= reduced_s:
+        onnx.precision = Precision("fp32", f"{timing}; {precision.reason}")
+        return onnx
+    reduced.precision = Precision(precision.name, f"{timing}; {precision.reason}")
+    return reduced
+
+
+def _race(first: Features, second: Features, sample: np.ndarray) -> tuple[float, float]:
+    """Best-of-three seconds each extractor takes on ``sample``, after a warm-up, alternated."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for attempt in range(4):
+        for extract, seconds in zip((first, second), times, strict=True):
+            start = time.perf_counter()
+            extract(sample, desc="")  # no progress bar
+            if attempt:  # the first calls pay for allocation and kernel selection
+                seconds.append(time.perf_counter() - start)
+    return min(times[0]), min(times[1])
 
 
 def probe_for(

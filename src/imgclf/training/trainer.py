@@ -165,8 +165,11 @@ def _train_features(features: Features, prep: Prepared, config: TrainConfig) -> 
 def _head_stage(model: nn.Module, prep: Prepared, config: TrainConfig) -> HeadStage:
     train, val = prep.splits["train"], prep.splits["validation"]
     started = time.perf_counter()
-    features = feature_extractor(model, prep.preprocess, prep.device, prep.precision)
-    note(f"features: {features.engine}")
+    sample = train.eval_pixels[:16] if config.bf16 is None else None
+    features = feature_extractor(model, prep.preprocess, prep.device, prep.precision, sample)
+    prep.precision = features.precision
+    note(f"features: {features.engine} {prep.precision.name} ({prep.precision.reason})")
+    log.info("features %s %s: %s", features.engine, prep.precision.name, prep.precision.reason)
     train_features = _train_features(features, prep, config)
     passes = len(train_features) // max(1, len(train))
     train_labels = torch.from_numpy(np.concatenate([train.labels] * passes))
@@ -404,12 +407,9 @@ def _final_metrics(
 
 
 def _choose_precision(model: nn.Module, prep: Prepared, config: TrainConfig) -> Precision:
-    """Feature-extraction precision for this device, told to the user with its reason."""
+    """Feature-extraction precision for torch on this device (the head stage tells the user)."""
     probe = probe_for(model, prep.splits["train"].eval_pixels, prep.preprocess, prep.device)
-    precision = choose_precision(prep.device, config.bf16, probe)
-    note(f"precision: {precision.name} ({precision.reason})")
-    log.info("feature precision %s: %s", precision.name, precision.reason)
-    return precision
+    return choose_precision(prep.device, config.bf16, probe)
 
 
 def _write_bundle(
