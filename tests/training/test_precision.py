@@ -54,6 +54,15 @@ def test_native_bf16_that_is_not_faster_is_refused() -> None:
     assert f"not {MIN_SPEEDUP}x faster" in chosen.reason
 
 
+def test_the_timing_names_the_fp32_engine_it_raced() -> None:
+    """On a CPU fp32 runs in ONNX Runtime: bf16 (torch) must beat that, and the reason says so."""
+    chosen = choose_precision(
+        CPU, None, FakeProbe(0.05, 0.10), cpu=SAPPHIRE_RAPIDS, fp32_name="fp32 (onnxruntime)"
+    )
+    assert chosen.name == "fp32"
+    assert "bf16 100 ms vs fp32 (onnxruntime) 50 ms per batch" in chosen.reason
+
+
 @pytest.mark.parametrize(
     ("requested", "name", "reason"), [(True, "bf16", "--bf16"), (False, "fp32", "--no-bf16")]
 )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,64 +168,65 @@ class OnnxFeatures:
         return torch.from_numpy(np.concatenate(chunks).astype(np.float32, copy=False))
 
 
+def onnx_features(
+    model: nn.Module, config: PreprocessConfig, device: torch.device
+) -> Features | None:
+    """ONNX Runtime's extractor of ``model``'s features on a CPU.
+
+    None on other devices, and when the network does not export (logged; torch computes the
+    features then).
+    """
+    if device.type != "cpu":
+        return None
+    try:
+        return OnnxFeatures(model, config, threads=torch.get_num_threads())
+    except ExportError as exc:
+        log.warning("features by torch: the network does not export to ONNX (%s)", exc)
+        return None
+
+
 def feature_extractor(
     model: nn.Module,
     config: PreprocessConfig,
     device: torch.device,
     precision: Precision = FP32,
-    sample: np.ndarray | None = None,
+    onnx: Features | None = None,
 ) -> Features:
-    """The fastest way to compute the head stage's features here.
+    """The fastest way to compute ``model``'s features in ``precision`` here.
 
-    ONNX Runtime in fp32 on a CPU; torch on accelerators, whenever the network cannot be exported
-    (logged), and for reduced precision when it is faster: ``precision`` is reduced only where the
-    device runs it natively and faster than torch's fp32, so with a ``sample`` (uint8 images to
-    time, given when the precision was not forced by a flag) ONNX Runtime's fp32 races it.
+    fp32 on a CPU is ONNX Runtime's (``onnx`` when already built); torch computes reduced
+    precision (chosen only where it beat fp32, see :func:`probe_for`), on accelerators, and for
+    networks that do not export.
     """
-    if device.type != "cpu" or (precision.dtype is not None and sample is None):
-        return TorchFeatures(model, config, device, precision)
-    try:
-        onnx = OnnxFeatures(model, config, threads=torch.get_num_threads(), precision=precision)
-    except ExportError as exc:
-        log.warning("features by torch: the network does not export to ONNX (%s)", exc)
-        return TorchFeatures(model, config, device, precision)
-    if precision.dtype is None or sample is None:
-        return onnx
-    reduced = TorchFeatures(model, config, device, precision)
-    onnx_s, reduced_s = _race(onnx, reduced, sample)
-    timing = (
-        f"onnxruntime fp32 {onnx_s * 1e3:.0f} ms vs torch {precision.name} "
-        f"{reduced_s * 1e3:.0f} ms per batch of {len(sample)}"
-    )
-    if onnx_s <= reduced_s:
-        onnx.precision = Precision("fp32", f"{timing}; {precision.reason}")
-        return onnx
-    reduced.precision = Precision(precision.name, f"{timing}; {precision.reason}")
-    return reduced
-
-
-def _race(first: Features, second: Features, sample: np.ndarray) -> tuple[float, float]:
-    """Best-of-three seconds each extractor takes on ``sample``, after a warm-up, alternated."""
-    times: tuple[list[float], list[float]] = ([], [])
-    for attempt in range(4):
-        for extract, seconds in zip((first, second), times, strict=True):
-            start = time.perf_counter()
-            extract(sample, desc="")  # no progress bar
-            if attempt:  # the first calls pay for allocation and kernel selection
-                seconds.append(time.perf_counter() - start)
-    return min(times[0]), min(times[1])
+    if precision.dtype is None:
+        onnx = onnx or onnx_features(model, config, device)
+        if onnx is not None:
+            onnx.precision = precision
+            return onnx
+    return TorchFeatures(model, config, device, precision)
 
 
 def probe_for(
-    model: nn.Module, pixels: np.ndarray, config: PreprocessConfig, device: torch.device
+    model: nn.Module,
+    pixels: np.ndarray,
+    config: PreprocessConfig,
+    device: torch.device,
+    fp32: Features | None = None,
 ) -> Probe:
-    """A precision probe: one forward pass of a batch of ``pixels`` (up to 16 images)."""
+    """A precision probe: one forward pass of a batch of ``pixels`` (up to 16 images).
+
+    Reduced precision runs in torch; fp32 runs in ``fp32`` when given (ONNX Runtime on a CPU,
+    so bf16 must beat the fp32 engine that would really be used), else in torch.
+    """
     net: Any = model.eval()
-    inputs = to_model_input(torch.from_numpy(pixels[:16]), config).to(device)
+    sample = pixels[:16]
+    inputs = to_model_input(torch.from_numpy(sample), config).to(device)
 
     @torch.inference_mode()
     def forward(dtype: torch.dtype | None) -> float:
         def run() -> object:
+            if dtype is None and fp32 is not None:
+                return fp32(sample, desc="")  # no progress bar
             with autocast(device, dtype):
                 return net.forward_head(net.forward_features(inputs), pre_logits=True)
 

@@ -127,6 +127,7 @@ def choose_precision(
     probe: Probe | None,
     *,
     cpu: CpuFeatures | None = None,
+    fp32_name: str = "fp32",
 ) -> Precision:
     """Pick the feature-extraction precision (see the module docstring).
 
@@ -135,6 +136,8 @@ def choose_precision(
         requested: True/False forces reduced precision/fp32; None decides automatically.
         probe: Times one forward pass at a dtype; None skips the timing (capability decides).
         cpu: The CPU's features (default: detected); tests pass fakes.
+        fp32_name: How the timing names the fp32 side (``"fp32 (onnxruntime)"`` when the probe
+            times fp32 on ONNX Runtime).
     """
     reduced = _reduced_dtype(device)
     if requested is not None:
@@ -156,7 +159,7 @@ def choose_precision(
         reduced_times.append(probe(dtype))
     fp32_s, reduced_s = min(fp32_times), min(reduced_times)
     speedup = fp32_s / max(reduced_s, 1e-9)
-    timing = f"{reduced} {reduced_s * 1e3:.0f} ms vs fp32 {fp32_s * 1e3:.0f} ms per batch"
+    timing = f"{reduced} {reduced_s * 1e3:.0f} ms vs {fp32_name} {fp32_s * 1e3:.0f} ms per batch"
     if speedup >= MIN_SPEEDUP:
         return Precision(reduced, f"{hardware}; {timing} ({speedup:.1f}x)")
     return Precision("fp32", f"{hardware}, but {timing}: not {MIN_SPEEDUP}x faster")

@@ -38,7 +38,13 @@ from imgclf.training.finetune import (
     predict_probs,
     train_epoch,
 )
-from imgclf.training.head import Features, feature_extractor, fit_head, probe_for
+from imgclf.training.head import (
+    Features,
+    feature_extractor,
+    fit_head,
+    onnx_features,
+    probe_for,
+)
 from imgclf.training.images import Augmenter, DecodedSplit, decode_split
 from imgclf.training.precision import FP32, Precision, choose_precision
 from imgclf.training.recipe import TrainConfig
@@ -165,9 +171,9 @@ def _train_features(features: Features, prep: Prepared, config: TrainConfig) -> 
 def _head_stage(model: nn.Module, prep: Prepared, config: TrainConfig) -> HeadStage:
     train, val = prep.splits["train"], prep.splits["validation"]
     started = time.perf_counter()
-    sample = train.eval_pixels[:16] if config.bf16 is None else None
-    features = feature_extractor(model, prep.preprocess, prep.device, prep.precision, sample)
-    prep.precision = features.precision
+    onnx = onnx_features(model, prep.preprocess, prep.device)
+    prep.precision = _choose_precision(model, prep, config, onnx)
+    features = feature_extractor(model, prep.preprocess, prep.device, prep.precision, onnx)
     note(f"features: {features.engine} {prep.precision.name} ({prep.precision.reason})")
     log.info("features %s %s: %s", features.engine, prep.precision.name, prep.precision.reason)
     train_features = _train_features(features, prep, config)
@@ -406,10 +412,14 @@ def _final_metrics(
     return results, predictions
 
 
-def _choose_precision(model: nn.Module, prep: Prepared, config: TrainConfig) -> Precision:
-    """Feature-extraction precision for torch on this device (the head stage tells the user)."""
-    probe = probe_for(model, prep.splits["train"].eval_pixels, prep.preprocess, prep.device)
-    return choose_precision(prep.device, config.bf16, probe)
+def _choose_precision(
+    model: nn.Module, prep: Prepared, config: TrainConfig, fp32: Features | None
+) -> Precision:
+    """Feature-extraction precision on this device, fp32 timed on ``fp32`` when given."""
+    pixels = prep.splits["train"].eval_pixels
+    probe = probe_for(model, pixels, prep.preprocess, prep.device, fp32)
+    engine = f" ({fp32.engine})" if fp32 is not None else ""
+    return choose_precision(prep.device, config.bf16, probe, fp32_name=f"fp32{engine}")
 
 
 def _write_bundle(
@@ -537,9 +547,9 @@ def train(
     model_kwargs = {"drop_rate": config.drop_rate, "drop_path_rate": config.drop_path_rate}
     model = create_model(config.backbone, len(labels), pretrained=config.pretrained, **model_kwargs)
     model = model.to(prep.device).to(memory_format=torch.channels_last)
-    prep.precision = _choose_precision(model, prep, config)
     checkpoint = out / CHECKPOINT_NAME
     if resume:
+        prep.precision = _choose_precision(model, prep, config, None)  # recorded, not used
         resumed = _resume(model, checkpoint, config, labels)
         loop, head_features, extract = LoopState(**resumed["loop"]), None, None
     else:
