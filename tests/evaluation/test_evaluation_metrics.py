@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from imgclf.errors import ConfigError
-from imgclf.evaluation.metrics import LOSS_EPSILON, compute_metrics, top_k_accuracy
+from imgclf.evaluation.metrics import LOSS_EPSILON, compute_metrics, top_k_accuracy, wilson_interval
 
 NAMES = ["a", "b", "c"]
 # Class "c" is never predicted; rows 4 and 5 have ties that exercise the tie rule.
@@ -89,7 +89,16 @@ def test_perfect_predictions() -> None:
 def test_summary_and_dict_are_json_friendly() -> None:
     metrics = compute_metrics(PROBS, LABELS, NAMES)
 
-    assert set(metrics.summary()) == {"top1", "top3", "loss", "macro_f1"}
+    assert set(metrics.summary()) == {
+        "top1",
+        "top1_ci95_low",
+        "top1_ci95_high",
+        "top3",
+        "loss",
+        "macro_f1",
+    }
+    correct = round(metrics.top1 * len(LABELS))
+    assert metrics.to_dict()["top1_ci95"] == list(wilson_interval(correct, len(LABELS)))
     data = json.loads(json.dumps(metrics.to_dict()))
     assert data["confusion_matrix"] == [[1, 1, 0], [1, 1, 0], [1, 1, 0]]
     assert data["per_class"]["c"] == {
@@ -119,3 +128,26 @@ def test_bad_input_is_refused_with_a_reason(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         compute_metrics(probs, labels, NAMES)
+
+
+@pytest.mark.parametrize(
+    ("correct", "total", "low", "high"),
+    # Newcombe (1998), "Two-sided confidence intervals for the single proportion", Table I,
+    # method 3 (Wilson score, no continuity correction).
+    [
+        (81, 263, 0.2553, 0.3662),
+        (15, 148, 0.0624, 0.1605),
+        (0, 20, 0.0, 0.1611),
+        (1, 29, 0.0061, 0.1718),
+    ],
+)
+def test_wilson_interval_matches_the_published_table(
+    correct: int, total: int, low: float, high: float
+) -> None:
+    assert wilson_interval(correct, total) == pytest.approx((low, high), abs=5e-5)
+
+
+def test_wilson_interval_stays_inside_zero_and_one() -> None:
+    assert wilson_interval(10, 10)[1] == 1.0
+    assert wilson_interval(0, 10)[0] == 0.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)

@@ -117,12 +117,15 @@ def format_summary(run: EvaluationRun) -> str:
     """The short table printed at the end of ``imgclf evaluate``."""
     width = max(len("split"), *(len(name) for name in run.results))
     lines = [
-        f"{'split':<{width}}  {'images':>6}  {'top1':>7}  {'top3':>7}  {'loss':>7}  {'macro F1':>8}"
+        f"{'split':<{width}}  {'images':>6}  {'top1':>7}  {'95% CI':>13}  {'top3':>7}  "
+        f"{'loss':>7}  {'macro F1':>8}"
     ]
     for name, metrics in run.results.items():
+        low, high = metrics.top1_ci95
+        interval = f"{low:.1%}-{high:.1%}"
         lines.append(
-            f"{name:<{width}}  {metrics.count:>6}  {metrics.top1:>7.2%}  {metrics.top3:>7.2%}  "
-            f"{metrics.loss:>7.4f}  {metrics.macro_f1:>8.4f}"
+            f"{name:<{width}}  {metrics.count:>6}  {metrics.top1:>7.2%}  {interval:>13}  "
+            f"{metrics.top3:>7.2%}  {metrics.loss:>7.4f}  {metrics.macro_f1:>8.4f}"
         )
     if run.skipped:
         lines.append(f"skipped {run.skipped} unreadable or non-image files (listed in the report)")

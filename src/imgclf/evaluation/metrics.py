@@ -25,6 +25,26 @@ from imgclf.errors import ConfigError
 LOSS_EPSILON = 1e-12
 #: The "top-3" accuracy looks at this many classes (fewer when the model has fewer classes).
 TOP_K = 3
+#: Standard normal quantile of a two-sided 95% interval.
+Z_95 = 1.959963984540054
+
+
+def wilson_interval(correct: int, total: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of an accuracy: ``correct`` right out of ``total`` (95% by default).
+
+    Unlike the normal approximation it stays inside [0, 1] and keeps its coverage near 0% and
+    100% and on small test sets, where accuracy claims are made (372 clothing test photos give
+    88.4% a 95% interval of 84.8-91.3%).
+    """
+    if total <= 0:
+        return 0.0, 1.0
+    share = correct / total
+    centre = share + z * z / (2 * total)
+    spread = z * np.sqrt(share * (1 - share) / total + z * z / (4 * total * total))
+    scale = 1 + z * z / total
+    low = 0.0 if correct <= 0 else float((centre - spread) / scale)
+    high = 1.0 if correct >= total else float((centre + spread) / scale)
+    return low, high
 
 
 @dataclass(frozen=True)
@@ -91,10 +111,18 @@ class SplitMetrics:
     weighted_f1: float
     confusion: np.ndarray
 
+    @property
+    def top1_ci95(self) -> tuple[float, float]:
+        """95% Wilson interval of :attr:`top1` over :attr:`count` images."""
+        return wilson_interval(round(self.top1 * self.count), self.count)
+
     def summary(self) -> dict[str, float]:
         """Headline numbers, as stored in ``manifest.metrics[split]``."""
+        low, high = self.top1_ci95
         return {
             "top1": self.top1,
+            "top1_ci95_low": low,
+            "top1_ci95_high": high,
             "top3": self.top3,
             "loss": self.loss,
             "macro_f1": self.macro_f1,
@@ -105,6 +133,7 @@ class SplitMetrics:
         return {
             "count": self.count,
             "top1": self.top1,
+            "top1_ci95": list(self.top1_ci95),
             "top3": self.top3,
             "top_k": self.top_k,
             "loss": self.loss,
