@@ -11,6 +11,10 @@ same time before the attack, and the server's RSS is sampled every 50 ms.
 Goals: 0 answers 5xx, every hostile request answered within its budget (decode deadline or URL
 deadline plus 1 s), the ordinary client's p99 during the attack at most 2x its p99 before, peak
 RSS under 400 MB, RSS within 50 MB of the start 10 s after the attack.
+
+With ``--costly-compare`` the phase first runs against a server set up as before the costly
+lane (:data:`PREVIOUS_DESIGN`), then against the default one, so the two ratios come from the
+same machine at the same time.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import http.server
+import os
 import sys
 import threading
 import time
@@ -42,6 +47,14 @@ RETURN_MB = 50.0
 P99_RATIO = 2.0
 DECODE_BUDGET_S = 5.0 + 1.0  # the service's decode deadline, plus the trip
 URL_BUDGET_S = 10.0 + 1.0  # the service's URL deadline, plus the trip
+#: The settings that undo the costly lane: every decode at the server's priority, JPEGs with
+#: many scans on the ordinary decode threads, no bound on the images waiting for the thread that
+#: takes those over 32 MiB.
+PREVIOUS_DESIGN = {
+    "IMGCLF_COSTLY_DECODE_NICE": "0",
+    "IMGCLF_COSTLY_DECODE_SCAN_PIXELS": "400000000",
+    "IMGCLF_COSTLY_DECODE_QUEUE": "1000",
+}
 
 
 @dataclass
@@ -285,10 +298,15 @@ async def _attack(server: ServerProcess, upstream: str, images: list[bytes], sec
 
 
 def run_costly_phase(
-    bundle: Path, images: list[bytes], log: Path, seconds: float = 30.0
+    bundle: Path,
+    images: list[bytes],
+    log: Path,
+    seconds: float = 30.0,
+    env: dict[str, str] | None = None,
 ) -> CostlyResult:
-    """Start a default server, measure the ordinary client alone, then under the attack."""
-    server = ServerProcess(bundle, log)
+    """Start a server (default, or with ``env``'s ``IMGCLF_*`` settings), measure the ordinary
+    client alone, then under the attack."""
+    server = ServerProcess(bundle, log, env=env)
     peak = [0.0]
     sampling = threading.Event()
 
@@ -322,8 +340,11 @@ def _fmt_s(values: list[float]) -> str:
     return f"{max(values):.2f}" if values else "-"
 
 
-def costly_text(result: CostlyResult, command: str, load: str) -> str:
-    """The docs section: the cases, the headers and greedy client, and the goals."""
+def costly_text(
+    result: CostlyResult, command: str, load: str, previous: CostlyResult | None = None
+) -> str:
+    """The docs section: the cases, the headers and greedy client, and the goals; with
+    ``previous`` (the same attack on :data:`PREVIOUS_DESIGN`), its latencies side by side."""
     rows = [
         "| costly input | expected | statuses | max s | budget s | ok |",
         "|---|---|---|---|---|---|",
@@ -349,13 +370,23 @@ def costly_text(result: CostlyResult, command: str, load: str) -> str:
         f"{'yes' if set(result.greedy) <= {429, 408} else 'NO'} |"
     )
     before, during = percentile(result.before_ms, 99), percentile(result.during_ms, 99)
+    comparison = []
+    if previous is not None:
+        comparison = [
+            "",
+            "| same run, ordinary client | p50 alone ms | p99 alone ms | p50 attack ms | "
+            "p99 attack ms | p99 ratio | 5xx | peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|",
+            _latency_row("before the costly lane (" + _env_text() + ")", previous),
+            _latency_row("costly lane (defaults)", result),
+        ]
     return (
         "\n".join(
             [
                 SECTION,
                 "",
-                f"`{command}` (server and clients on the same cores; load average before the run: "
-                f"{load})",
+                f"`{command}` (server and clients on the same cores, at nice {os.nice(0)}; load "
+                f"average before the run: {load})",
                 "",
                 *rows,
                 "",
@@ -367,9 +398,23 @@ def costly_text(result: CostlyResult, command: str, load: str) -> str:
                 f"(goal < {PEAK_RSS_MB:.0f}), {result.rss_after_mb:.0f} MB 10 s after "
                 f"(goal: within {RETURN_MB:.0f} MB of the start)",
                 f"- all goals met: {'yes' if result.passed else 'NO'}",
+                *comparison,
             ]
         )
         + "\n"
+    )
+
+
+def _env_text() -> str:
+    return ", ".join(f"{k.removeprefix('IMGCLF_').lower()}={v}" for k, v in PREVIOUS_DESIGN.items())
+
+
+def _latency_row(name: str, result: CostlyResult) -> str:
+    return (
+        f"| {name} | {percentile(result.before_ms, 50):.0f} | "
+        f"{percentile(result.before_ms, 99):.0f} | {percentile(result.during_ms, 50):.0f} | "
+        f"{percentile(result.during_ms, 99):.0f} | {result.p99_ratio:.2f} | "
+        f"{result.server_errors} | {result.peak_rss_mb:.0f} |"
     )
 
 
