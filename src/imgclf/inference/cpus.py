@@ -161,11 +161,11 @@ def lower_thread_priority(increment: int) -> int | None:
     return nice
 
 
-def low_priority_executor(threads: int, increment: int, name: str) -> ThreadPoolExecutor:
-    """A thread pool whose threads run ``increment`` nice levels below the caller's priority.
+def low_priority_executor(increment: int, name: str) -> ThreadPoolExecutor:
+    """A one-thread pool whose thread runs ``increment`` nice levels below the caller's priority.
 
-    Each thread lowers its own priority when it starts (:func:`lower_thread_priority`) and logs
-    its thread id and nice value.
+    The thread starts at once, lowers its own priority (:func:`lower_thread_priority`) and logs
+    its thread id and nice value, so the priority is in place before any work arrives.
     """
 
     def start() -> None:
@@ -178,4 +178,6 @@ def low_priority_executor(threads: int, increment: int, name: str) -> ThreadPool
             extra={"thread_id": threading.get_native_id(), "nice": nice},
         )
 
-    return ThreadPoolExecutor(threads, name, initializer=start)
+    pool = ThreadPoolExecutor(1, name, initializer=start)
+    pool.submit(int).result()  # start the thread now
+    return pool

@@ -166,7 +166,7 @@ async def _start(services: Services, given: InferenceBackend | None) -> None:
     )
     services.decode_pool = ThreadPoolExecutor(settings.decode_threads, "imgclf-decode")
     services.costly_decode_pool = low_priority_executor(
-        1, settings.costly_decode_nice, "imgclf-decode-costly"
+        settings.costly_decode_nice, "imgclf-decode-costly"
     )
     batcher = MicroBatcher(
         backend.infer,
