@@ -17,7 +17,9 @@ is decoded, using only what the headers (and, for JPEG, one pass over the marker
 
 :class:`DecodeMemoryPool` shares a memory allowance between the threads that decode at the same
 time: each decode reserves its estimate first, so the sum of what is being decoded stays bounded
-whatever mix of images arrives together.
+whatever mix of images arrives together. :class:`DecodeLane` says which images within the budget
+are still costly (much memory, or a JPEG with many scans), so a server can decode them apart
+from ordinary photos.
 """
 
 from __future__ import annotations
