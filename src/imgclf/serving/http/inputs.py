@@ -188,7 +188,8 @@ async def _decode_in_lane(
         if services.costly_decodes >= limit:
             raise OverloadedError(
                 f"this image is costly to decode ({costly}) and {limit} such images are being "
-                "decoded or waiting already, the most this service takes; retry after 1 s",
+                "decoded or waiting already, the most this service takes; retry after 1 s "
+                f"(a batch may hold at most {limit} of them)",
                 1.0,
             ) from None
     services.costly_decodes += 1
