@@ -22,7 +22,8 @@ Against a real uvicorn subprocess on 127.0.0.1, with real clothing test JPEGs:
 Usage::
 
     .venv/bin/python bench/bench_reliability.py [--bundle DIR] [--sustained-seconds 150]
-        [--hostile-only | --costly-only] [--costly-seconds 30] [--update-docs]
+        [--hostile-only | --costly-only] [--costly-seconds 30] [--costly-compare]
+        [--update-docs]
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ import httpx
 from PIL import Image
 
 from common import command_line, markdown_table, update_docs
+from costly import PREVIOUS_DESIGN, costly_facts, costly_text, run_costly_phase
 from costly import SECTION as COSTLY_SECTION
-from costly import costly_facts, costly_text, run_costly_phase
 from hostile import HostileResult, case_rows, run_hostile_phase, summary
 from serving_harness import (
     LoadResult,
@@ -359,6 +360,12 @@ def main() -> None:
         "--costly-only", action="store_true", help="only the costly-input phase (its own section)"
     )
     parser.add_argument("--costly-seconds", type=float, default=30)
+    parser.add_argument(
+        "--costly-compare",
+        action="store_true",
+        help="run the costly-input phase on the design before the costly lane first, and "
+        "show both side by side",
+    )
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args()
     if args.hostile_only and args.update_docs:
@@ -407,10 +414,15 @@ def main() -> None:
 
 def run_costly(bundle: Path, images: list[bytes], args: argparse.Namespace) -> None:
     """The costly-input phase on a fresh default server; prints (and records) its section."""
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run_costly_phase(bundle, images, Path(tmp) / "costly.log", args.costly_seconds)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    text = costly_text(result, command_line(), load)
+    with tempfile.TemporaryDirectory() as tmp:
+        previous = None
+        if args.costly_compare:
+            previous = run_costly_phase(
+                bundle, images, Path(tmp) / "previous.log", args.costly_seconds, PREVIOUS_DESIGN
+            )
+        result = run_costly_phase(bundle, images, Path(tmp) / "costly.log", args.costly_seconds)
+    text = costly_text(result, command_line(), load, previous)
     print(text)
     if args.update_docs:
         update_docs(COSTLY_SECTION, text, costly_facts(result))

@@ -5,12 +5,17 @@ Against a default ``imgclf serve`` (2 decode threads), for ``--costly-seconds``:
 the caps, a 16-bit PNG that fits, animations, a pixel bomb) and URLs of a hostile upstream (gzip
 stacked twice to 1 GiB, a deflate bomb, headers or a body trickled a byte at a time); oversized
 headers and 100,000 headers arrive over raw sockets; a greedy client at 127.0.0.3 keeps 64
-uploads stalled. Meanwhile an ordinary client (127.0.0.1) classifies photos, as it did for the
-same time before the attack, and the server's RSS is sampled every 50 ms.
+uploads stalled. Meanwhile an ordinary client (127.0.0.1, in a process of its own, as a real
+client would be) classifies photos, as it did for the same time before the attack, and the
+server's RSS is sampled every 50 ms.
 
 Goals: 0 answers 5xx, every hostile request answered within its budget (decode deadline or URL
 deadline plus 1 s), the ordinary client's p99 during the attack at most 2x its p99 before, peak
 RSS under 400 MB, RSS within 50 MB of the start 10 s after the attack.
+
+With ``--costly-compare`` the phase first runs against a server set up as before the costly
+lane (:data:`PREVIOUS_DESIGN`), then against the default one, so the two ratios come from the
+same machine at the same time.
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import http.server
+import multiprocessing
+import os
 import sys
 import threading
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +50,14 @@ RETURN_MB = 50.0
 P99_RATIO = 2.0
 DECODE_BUDGET_S = 5.0 + 1.0  # the service's decode deadline, plus the trip
 URL_BUDGET_S = 10.0 + 1.0  # the service's URL deadline, plus the trip
+#: The settings that undo the costly lane: every decode at the server's priority, JPEGs with
+#: many scans on the ordinary decode threads, no bound on the images waiting for the thread that
+#: takes those over 32 MiB.
+PREVIOUS_DESIGN = {
+    "IMGCLF_COSTLY_DECODE_NICE": "0",
+    "IMGCLF_COSTLY_DECODE_SCAN_PIXELS": "400000000",
+    "IMGCLF_COSTLY_DECODE_QUEUE": "1000",
+}
 
 
 @dataclass
@@ -212,10 +228,27 @@ async def _greedy(port: int, stop: asyncio.Event) -> dict[int, int]:
     return statuses
 
 
-async def _ordinary(base: str, images: list[bytes], stop: asyncio.Event) -> list[float]:
-    """Photos classified one after another (0.1 s apart); the latencies in ms (inf: not 200)."""
-    answers = await ordinary_client(base, images, stop, pause_s=0.1)
-    return [ms if status == 200 else float("inf") for status, ms in answers]
+def _ordinary_for(base: str, images: list[bytes], seconds: float) -> list[float]:
+    """Photos classified one after another (0.1 s apart) for ``seconds``: the latencies in ms
+    (inf: not 200)."""
+
+    async def run() -> list[tuple[int, float]]:
+        stop = asyncio.Event()
+        answers, _ = await asyncio.gather(
+            ordinary_client(base, images, stop, pause_s=0.1), _for(seconds, stop)
+        )
+        return answers
+
+    return [ms if status == 200 else float("inf") for status, ms in asyncio.run(run())]
+
+
+async def _ordinary(
+    base: str, images: list[bytes], seconds: float, client: ProcessPoolExecutor
+) -> list[float]:
+    """The ordinary client, in a process of its own: what it measures is the server, not the
+    event loop of the process that sends the attack (64 reconnecting uploads, header floods)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(client, _ordinary_for, base, images, seconds)
 
 
 async def _for(seconds: float, stop: asyncio.Event) -> None:
@@ -263,7 +296,13 @@ class CostlyResult:
         )
 
 
-async def _attack(server: ServerProcess, upstream: str, images: list[bytes], seconds: float):  # type: ignore[no-untyped-def]
+async def _attack(  # type: ignore[no-untyped-def]
+    server: ServerProcess,
+    upstream: str,
+    images: list[bytes],
+    seconds: float,
+    client: ProcessPoolExecutor,
+):
     stop = asyncio.Event()
     cases = costly_cases()
     headers: dict[str, list[tuple[int, float]]] = {name: [] for name in header_requests()}
@@ -275,7 +314,7 @@ async def _attack(server: ServerProcess, upstream: str, images: list[bytes], sec
             await asyncio.sleep(1.0)
 
     results = await asyncio.gather(
-        _ordinary(server.base, images, stop),
+        _ordinary(server.base, images, seconds, client),
         _attackers(server.base, upstream, cases, stop),
         _greedy(server.port, stop),
         header_loop(),
@@ -285,10 +324,15 @@ async def _attack(server: ServerProcess, upstream: str, images: list[bytes], sec
 
 
 def run_costly_phase(
-    bundle: Path, images: list[bytes], log: Path, seconds: float = 30.0
+    bundle: Path,
+    images: list[bytes],
+    log: Path,
+    seconds: float = 30.0,
+    env: dict[str, str] | None = None,
 ) -> CostlyResult:
-    """Start a default server, measure the ordinary client alone, then under the attack."""
-    server = ServerProcess(bundle, log)
+    """Start a server (default, or with ``env``'s ``IMGCLF_*`` settings), measure the ordinary
+    client alone, then under the attack."""
+    server = ServerProcess(bundle, log, env=env)
     peak = [0.0]
     sampling = threading.Event()
 
@@ -296,34 +340,32 @@ def run_costly_phase(
         while not sampling.wait(0.05):
             peak[0] = max(peak[0], rss_mb(server.process.pid))
 
+    client = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     try:
-        stop = asyncio.Event()
-        before = asyncio.run(_measure_alone(server.base, images, seconds, stop))
+        before = client.submit(_ordinary_for, server.base, images, seconds).result()
         start_mb = server.rss_mb
         threading.Thread(target=sample, daemon=True).start()
         with hostile_upstream() as upstream:
-            cases, headers, greedy, during = asyncio.run(_attack(server, upstream, images, seconds))
+            attack = _attack(server, upstream, images, seconds, client)
+            cases, headers, greedy, during = asyncio.run(attack)
         time.sleep(10.0)
         sampling.set()
         after_mb = server.rss_mb
     finally:
+        client.shutdown()
         server.terminate()
     return CostlyResult(cases, headers, greedy, before, during, start_mb, peak[0], after_mb)
-
-
-async def _measure_alone(
-    base: str, images: list[bytes], seconds: float, stop: asyncio.Event
-) -> list[float]:
-    latencies, _ = await asyncio.gather(_ordinary(base, images, stop), _for(seconds, stop))
-    return latencies
 
 
 def _fmt_s(values: list[float]) -> str:
     return f"{max(values):.2f}" if values else "-"
 
 
-def costly_text(result: CostlyResult, command: str, load: str) -> str:
-    """The docs section: the cases, the headers and greedy client, and the goals."""
+def costly_text(
+    result: CostlyResult, command: str, load: str, previous: CostlyResult | None = None
+) -> str:
+    """The docs section: the cases, the headers and greedy client, and the goals; with
+    ``previous`` (the same attack on :data:`PREVIOUS_DESIGN`), its latencies side by side."""
     rows = [
         "| costly input | expected | statuses | max s | budget s | ok |",
         "|---|---|---|---|---|---|",
@@ -349,13 +391,23 @@ def costly_text(result: CostlyResult, command: str, load: str) -> str:
         f"{'yes' if set(result.greedy) <= {429, 408} else 'NO'} |"
     )
     before, during = percentile(result.before_ms, 99), percentile(result.during_ms, 99)
+    comparison = []
+    if previous is not None:
+        comparison = [
+            "",
+            "| same run, ordinary client | p50 alone ms | p99 alone ms | p50 attack ms | "
+            "p99 attack ms | p99 ratio | 5xx | peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|",
+            _latency_row("before the costly lane (" + _env_text() + ")", previous),
+            _latency_row("costly lane (defaults)", result),
+        ]
     return (
         "\n".join(
             [
                 SECTION,
                 "",
-                f"`{command}` (server and clients on the same cores; load average before the run: "
-                f"{load})",
+                f"`{command}` (server and clients on the same cores, at nice {os.nice(0)}; load "
+                f"average before the run: {load})",
                 "",
                 *rows,
                 "",
@@ -367,9 +419,23 @@ def costly_text(result: CostlyResult, command: str, load: str) -> str:
                 f"(goal < {PEAK_RSS_MB:.0f}), {result.rss_after_mb:.0f} MB 10 s after "
                 f"(goal: within {RETURN_MB:.0f} MB of the start)",
                 f"- all goals met: {'yes' if result.passed else 'NO'}",
+                *comparison,
             ]
         )
         + "\n"
+    )
+
+
+def _env_text() -> str:
+    return ", ".join(f"{k.removeprefix('IMGCLF_').lower()}={v}" for k, v in PREVIOUS_DESIGN.items())
+
+
+def _latency_row(name: str, result: CostlyResult) -> str:
+    return (
+        f"| {name} | {percentile(result.before_ms, 50):.0f} | "
+        f"{percentile(result.before_ms, 99):.0f} | {percentile(result.during_ms, 50):.0f} | "
+        f"{percentile(result.during_ms, 99):.0f} | {result.p99_ratio:.2f} | "
+        f"{result.server_errors} | {result.peak_rss_mb:.0f} |"
     )
 
 

@@ -76,16 +76,25 @@ def cpu_seconds(pid: int) -> float:
 
 
 class ServerProcess:
-    """``imgclf serve`` in a subprocess on a free loopback port."""
+    """``imgclf serve`` in a subprocess on a free loopback port (``env``: ``IMGCLF_*`` settings)."""
 
-    def __init__(self, bundle: Path, log: Path, *options: str, log_level: str = "warning") -> None:
+    def __init__(
+        self,
+        bundle: Path,
+        log: Path,
+        *options: str,
+        log_level: str = "warning",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         self._log = log.open("wb")
         cmd = [sys.executable, "-m", "imgclf", "serve", "--model", str(bundle)]
         cmd += ["--port", str(self.port), "--log-level", log_level, *options]
-        self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
         self._wait_ready()
 
     def _wait_ready(self, timeout_s: float = 180.0) -> None:

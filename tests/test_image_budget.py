@@ -11,6 +11,8 @@ from PIL import Image
 
 from imgclf.errors import ImageTooCostlyError, ImageTooLargeError, OverloadedError
 from imgclf.image_budget import (
+    DecodeLane,
+    DecodeLaneError,
     DecodeMemoryPool,
     ImageBudget,
     count_jpeg_scans,
@@ -88,3 +90,16 @@ def test_memory_pool_makes_large_decodes_take_turns() -> None:
     thread.join(5)
     assert got_in.is_set()
     assert pool.used == 0
+
+
+def test_decode_lane_sends_costly_images_elsewhere() -> None:
+    lane = DecodeLane(max_decode_bytes=32 << 20, max_jpeg_scan_pixels=100_000_000)
+    with pytest.raises(DecodeLaneError, match="77 MiB to decode"):
+        open_image(raw_png((3000, 3000), 16, 0), budget=ImageBudget(), lane=lane)
+    progressive = many_scan_jpeg((2000, 2000), 34)
+    scans = count_jpeg_scans(progressive)
+    with pytest.raises(DecodeLaneError, match=f"{scans * 4_000_000:,} pixel-scans"):
+        open_image(progressive, budget=ImageBudget(), lane=lane)
+    # Within the lane: a baseline JPEG, a progressive one, a GIF (one frame is decoded).
+    for data in (_jpeg(progressive=False), _jpeg(progressive=True), animated_gif(20)):
+        assert open_image(data, budget=ImageBudget(), lane=lane).mode == "RGB"

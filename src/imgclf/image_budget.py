@@ -17,7 +17,9 @@ is decoded, using only what the headers (and, for JPEG, one pass over the marker
 
 :class:`DecodeMemoryPool` shares a memory allowance between the threads that decode at the same
 time: each decode reserves its estimate first, so the sum of what is being decoded stays bounded
-whatever mix of images arrives together.
+whatever mix of images arrives together. :class:`DecodeLane` says which images within the budget
+are still costly (much memory, or a JPEG with many scans), so a server can decode them apart
+from ordinary photos.
 """
 
 from __future__ import annotations
@@ -184,14 +186,15 @@ def check_decode_memory(image: Image.Image, budget: ImageBudget, name: str) -> i
     return cost
 
 
-def check_jpeg_scans(data: bytes, pixels: int, budget: ImageBudget, name: str) -> None:
+def check_jpeg_scans(data: bytes, pixels: int, budget: ImageBudget, name: str) -> int:
     """Refuse a JPEG with too many scans for its size, before libjpeg decodes it.
+
+    Returns:
+        Scans x ``pixels``: the work libjpeg will do, whatever the draft scale.
 
     Raises:
         ImageTooCostlyError: Too many scans, or scans x ``pixels`` over the budget (422).
     """
-    if budget.max_jpeg_scans is None and budget.max_jpeg_scan_pixels is None:
-        return
     scans = count_jpeg_scans(data)
     if budget.max_jpeg_scans is not None and scans > budget.max_jpeg_scans:
         raise ImageTooCostlyError(
@@ -204,19 +207,37 @@ def check_jpeg_scans(data: bytes, pixels: int, budget: ImageBudget, name: str) -
             f"{budget.max_jpeg_scan_pixels:,} pixel-scans; re-encode it as a baseline JPEG or "
             "send fewer pixels"
         )
+    return scans * pixels
+
+
+@dataclass(frozen=True)
+class DecodeLane:
+    """The images a server's ordinary decode lane takes; costlier ones go to its costly lane.
+
+    Attributes:
+        max_decode_bytes: Estimated decode memory (:func:`decode_bytes`).
+        max_jpeg_scan_pixels: Scans x pixels of a JPEG (a progressive photo with many scans
+            costs libjpeg a pass over every pixel per scan, even at a reduced draft scale).
+    """
+
+    max_decode_bytes: int
+    max_jpeg_scan_pixels: int
+
+    def check(self, decode_memory: int, jpeg_scan_pixels: int) -> None:
+        """Raise :class:`DecodeLaneError` when an image costs more than this lane takes."""
+        if decode_memory > self.max_decode_bytes:
+            raise DecodeLaneError(f"needs about {decode_memory / 2**20:,.0f} MiB to decode")
+        if jpeg_scan_pixels > self.max_jpeg_scan_pixels:
+            raise DecodeLaneError(f"a JPEG of {jpeg_scan_pixels:,} pixel-scans")
 
 
 class DecodeLaneError(Exception):
-    """The image needs more memory than the decode lane allows: decode it in the large lane.
+    """The image costs more than the decode lane takes: decode it in the costly lane.
 
-    Not an input error and never shown to a client: a server raises it from its fast lane (a
-    ``lane_limit`` on :func:`imgclf.preprocessing.open_image`) and decodes the image again on
-    the thread it keeps for large images, so they never hold up ordinary photos.
+    Not an input error and never shown to a client: a server raises it from its ordinary lane
+    (a ``lane`` on :func:`imgclf.preprocessing.open_image`) and decodes the image again on the
+    low-priority threads it keeps for costly images, so they never hold up ordinary photos.
     """
-
-    def __init__(self, nbytes: int) -> None:
-        super().__init__(f"needs about {nbytes / 2**20:,.0f} MiB to decode")
-        self.nbytes = nbytes
 
 
 class DeadlineReader(io.BytesIO):

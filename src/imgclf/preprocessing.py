@@ -39,7 +39,7 @@ from imgclf.errors import (
 from imgclf.image_budget import (
     DEFAULT_MAX_PIXELS,
     DeadlineReader,
-    DecodeLaneError,
+    DecodeLane,
     DecodeMemoryPool,
     ImageBudget,
     check_declared,
@@ -217,7 +217,7 @@ def open_image(
     budget: ImageBudget | None = None,
     memory: DecodeMemoryPool | None = None,
     deadline: float | None = None,
-    lane_limit: int | None = None,
+    lane: DecodeLane | None = None,
 ) -> Image.Image:
     """Decode an image safely into an RGB Pillow image with its EXIF orientation applied.
 
@@ -232,8 +232,8 @@ def open_image(
         deadline: ``time.monotonic()`` by which the decode must be done (default: the budget's
             timeout from now); a server sets it when the request arrives, so time spent waiting
             for a decode thread counts too.
-        lane_limit: Raise :class:`~imgclf.image_budget.DecodeLaneError` instead of decoding an
-            image whose estimated memory is over this (within the budget all the same).
+        lane: Raise :class:`~imgclf.image_budget.DecodeLaneError` instead of decoding an image
+            that costs more than this lane takes (within the budget all the same).
 
     Returns:
         A fully loaded RGB image.
@@ -253,7 +253,7 @@ def open_image(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(reader) as image:
-                lanes = (memory, lane_limit)
+                lanes = (memory, lane)
                 return _decode_opened(image, data, name, budget, draft_size, lanes, reader)
     except UnidentifiedImageError as exc:
         raise UnsupportedMediaError(f"{name}: not a recognised image format") from exc
@@ -272,7 +272,7 @@ def _decode_opened(
     name: str,
     budget: ImageBudget,
     draft_size: int | None,
-    lanes: tuple[DecodeMemoryPool | None, int | None],
+    lanes: tuple[DecodeMemoryPool | None, DecodeLane | None],
     reader: DeadlineReader,
 ) -> Image.Image:
     fmt = image.format or "unknown"
@@ -284,14 +284,15 @@ def _decode_opened(
     if width < 1 or height < 1:
         raise ImageDecodeError(f"{name}: image has no pixels ({width}x{height})")
     check_declared(image, budget, name)
+    scan_pixels = 0
     if fmt in ("JPEG", "MPO"):
-        check_jpeg_scans(data, width * height, budget, name)
+        scan_pixels = check_jpeg_scans(data, width * height, budget, name)
         if draft_size is not None:
             image.draft("RGB", (draft_size, draft_size))
     cost = check_decode_memory(image, budget, name)
-    memory, lane_limit = lanes
-    if lane_limit is not None and cost > lane_limit:
-        raise DecodeLaneError(cost)
+    memory, lane = lanes
+    if lane is not None:
+        lane.check(cost, scan_pixels)
     with memory.reserve(cost, reader.deadline) if memory is not None else nullcontext():
         image.load()
         reader.check()
@@ -345,7 +346,7 @@ def load_pixels(
     budget: ImageBudget | None = None,
     memory: DecodeMemoryPool | None = None,
     deadline: float | None = None,
-    lane_limit: int | None = None,
+    lane: DecodeLane | None = None,
 ) -> np.ndarray:
     """Decode, resize and crop one image into uint8 ``(H, W, 3)`` model-ready pixels.
 
@@ -358,7 +359,7 @@ def load_pixels(
         budget=budget,
         memory=memory,
         deadline=deadline,
-        lane_limit=lane_limit,
+        lane=lane,
     )
     return np.asarray(resize_and_crop(image, config), dtype=np.uint8)
 

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from imgclf.inference import cpus
-from imgclf.inference.cpus import CpuBudget, available_cpus, cgroup_cpu_quota, plan_cpus
+from imgclf.inference.cpus import (
+    CpuBudget,
+    available_cpus,
+    cgroup_cpu_quota,
+    low_priority_executor,
+    plan_cpus,
+)
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:
@@ -92,3 +101,15 @@ def test_the_plan_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="imgclf.inference.cpus"):
         plan_cpus(budget=CpuBudget(4, "cgroup v2 quota"))
     assert "4 CPUs available (cgroup v2 quota): 4 instance(s) x 1 runtime thread(s)" in caplog.text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_low_priority_threads_are_lowered_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """The pool's threads run below the caller; the caller's own priority is untouched."""
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    caplog.set_level(logging.INFO, logger="imgclf.inference.cpus")
+    with low_priority_executor(5, "test-low") as pool:
+        theirs = pool.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        assert theirs.result(10) == min(19, mine + 5)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+    assert f"runs at nice {min(19, mine + 5)}" in caplog.text

@@ -20,6 +20,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,3 +135,49 @@ def plan_cpus(
         extra={"cpus": budget.cpus, "instances": plan.instances, "threads": plan.threads},
     )
     return plan
+
+
+def lower_thread_priority(increment: int) -> int | None:
+    """Lower the calling thread's CPU priority by ``increment`` nice levels (at most to 19).
+
+    On Linux a thread's nice value is its own (``setpriority`` on its thread id), so a server can
+    keep a few threads for work it must do but should never let delay the rest: when the CPUs
+    are busy the scheduler gives those threads what the others leave. The change is one-way for
+    an unprivileged process, so such threads must be kept for that work alone.
+
+    Returns:
+        The thread's nice value now, or None where threads have no priority of their own (not
+        Linux) or the system refused the change.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    thread = threading.get_native_id()
+    try:
+        nice = min(19, os.getpriority(os.PRIO_PROCESS, thread) + increment)
+        os.setpriority(os.PRIO_PROCESS, thread, nice)
+    except OSError as exc:
+        logger.warning("could not lower the priority of thread %d: %s", thread, exc)
+        return None
+    return nice
+
+
+def low_priority_executor(increment: int, name: str) -> ThreadPoolExecutor:
+    """A one-thread pool whose thread runs ``increment`` nice levels below the caller's priority.
+
+    The thread starts at once, lowers its own priority (:func:`lower_thread_priority`) and logs
+    its thread id and nice value, so the priority is in place before any work arrives.
+    """
+
+    def start() -> None:
+        nice = lower_thread_priority(increment)
+        logger.info(
+            "%s thread %d runs at nice %s",
+            name,
+            threading.get_native_id(),
+            nice,
+            extra={"thread_id": threading.get_native_id(), "nice": nice},
+        )
+
+    pool = ThreadPoolExecutor(1, name, initializer=start)
+    pool.submit(int).result()  # start the thread now
+    return pool

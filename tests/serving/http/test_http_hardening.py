@@ -101,6 +101,23 @@ def test_pixel_cap_is_a_setting(make_client: ClientFactory, image_bytes: ImageBy
     assert _post_file(client, image_bytes("red", size=(101, 100))).status_code == 413
 
 
+def test_costly_images_past_the_costly_lane_bound_get_503_with_retry_after(
+    make_client: ClientFactory, image_bytes: ImageBytes
+) -> None:
+    """Three costly images in one batch, a lane that takes two: 503, and the lane frees up."""
+    from imgtools import raw_png
+
+    client = make_client(costly_decode_queue=2)
+    costly = raw_png((3000, 3000), 16, 0)  # 77 MiB to decode: over large_decode_bytes
+    files = [("files", (f"{i}.png", costly, "image/png")) for i in range(3)]
+    answer = client.post("/predict/batch", files=files)
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["Retry-After"] == "1"
+    assert "costly to decode (needs about 77 MiB to decode)" in answer.json()["detail"]
+    assert client.post("/predict/batch", files=files[:2]).status_code == 200
+    assert _post_file(client, image_bytes("red")).status_code == 200
+
+
 # -- content checks --------------------------------------------------------------------------
 
 

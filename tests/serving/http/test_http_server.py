@@ -410,6 +410,57 @@ def test_costly_images_stay_within_their_budget(
     assert peak_rss_mb(server.process.pid) < 400
 
 
+def thread_nice(pid: int, thread: int) -> int:
+    """A thread's nice value, from /proc (field 19 of its stat line)."""
+    stat = Path(f"/proc/{pid}/task/{thread}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_costly_images_decode_on_a_bounded_low_priority_thread(
+    start_server: Callable[[list[str]], Server], tiny_bundle: Path, image_bytes: ImageBytes
+) -> None:
+    """Costly images go to one thread below the server's priority, at most 2 at a time."""
+    from imgtools import many_scan_jpeg, raw_png
+
+    server = start_server(
+        [
+            *("-m", "imgclf", "serve", "--model", str(tiny_bundle), "--port", "{port}"),
+            *("--costly-decode-queue", "2", "--log-level", "info"),
+        ]
+    )
+    started = [
+        json.loads(line)
+        for line in server.log_lines()
+        if line.startswith("{") and "imgclf-decode-costly thread" in line
+    ]
+    assert len(started) == 1, server.log_lines()
+    thread, nice = started[0]["thread_id"], started[0]["nice"]
+    own = os.getpriority(os.PRIO_PROCESS, server.process.pid)
+    assert nice == min(19, own + 10)
+    assert thread_nice(server.process.pid, thread) == nice
+    assert thread_nice(server.process.pid, server.process.pid) == own  # the rest stay as they were
+
+    costly = [raw_png((3000, 3000), 16, 0), many_scan_jpeg((2000, 2000), 34)] * 4
+
+    def post(data: bytes) -> httpx.Response:
+        files = {"file": ("x.img", data, "application/octet-stream")}
+        return httpx.post(f"{server.base}/predict", files=files, timeout=30)
+
+    with ThreadPoolExecutor(len(costly)) as pool:
+        answers = [pool.submit(post, data) for data in costly]
+        normal = post(image_bytes("green"))
+        results = [answer.result() for answer in answers]
+    assert normal.status_code == 200
+    statuses = sorted(r.status_code for r in results)
+    assert set(statuses) == {200, 503}, statuses
+    assert 2 <= statuses.count(200) < len(costly)
+    for refused in (r for r in results if r.status_code == 503):
+        assert refused.headers["Retry-After"] == "1"
+        assert "costly to decode" in refused.json()["detail"]
+        assert refused.elapsed.total_seconds() < 5
+
+
 def _stall(port: int, source: str) -> socket.socket:
     """Open an upload that announces a body and never sends it."""
     sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))

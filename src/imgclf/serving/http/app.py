@@ -34,6 +34,7 @@ from imgclf.errors import (
     ModelServerUnavailableError,
     ServingError,
 )
+from imgclf.inference.cpus import low_priority_executor
 from imgclf.serving.backend import InferenceBackend
 from imgclf.serving.http import api, page, tfserving, v2
 from imgclf.serving.http.admission import AdmissionMiddleware
@@ -164,7 +165,9 @@ async def _start(services: Services, given: InferenceBackend | None) -> None:
         }
     )
     services.decode_pool = ThreadPoolExecutor(settings.decode_threads, "imgclf-decode")
-    services.large_decode_pool = ThreadPoolExecutor(1, "imgclf-decode-large")
+    services.costly_decode_pool = low_priority_executor(
+        settings.costly_decode_nice, "imgclf-decode-costly"
+    )
     batcher = MicroBatcher(
         backend.infer,
         max_batch_size=settings.max_batch_size,
@@ -198,7 +201,7 @@ async def _stop(services: Services) -> None:
     services.draining = True
     if services.batcher is not None:
         await services.batcher.stop()
-    for pool in (services.decode_pool, services.large_decode_pool):
+    for pool in (services.decode_pool, services.costly_decode_pool):
         if pool is not None:
             pool.shutdown(wait=True)
     close = getattr(services.backend, "close", None)

@@ -34,6 +34,7 @@ _FIELDS = (
     "max_pixels",
     "rate_limit_per_s",
     "max_requests_per_client",
+    "costly_decode_queue",
     "graceful_shutdown_s",
     "log_level",
 )
@@ -100,6 +101,13 @@ def register(subparsers: Any) -> None:
         type=int,
         metavar="N",
         help="inference requests in progress per client address (default 32; 429 above)",
+    )
+    parser.add_argument(
+        "--costly-decode-queue",
+        type=int,
+        metavar="N",
+        help="costly images (large or many-scan) decoding or waiting to, on the low-priority "
+        "thread (default 4; 503 above)",
     )
     key = parser.add_mutually_exclusive_group()
     key.add_argument(

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from imgclf.errors import ModelNotReadyError
-from imgclf.image_budget import DecodeMemoryPool, ImageBudget
+from imgclf.image_budget import DecodeLane, DecodeMemoryPool, ImageBudget
 from imgclf.inference.fetch import FetchPolicy
 from imgclf.serving.backend import InferenceBackend
 from imgclf.serving.http.batching import MicroBatcher
@@ -36,11 +36,14 @@ class Services:
     fetch_policy: FetchPolicy
     image_budget: ImageBudget
     decode_memory: DecodeMemoryPool
+    decode_lane: DecodeLane
     backend: InferenceBackend | None = None
     batcher: MicroBatcher | None = None
     decode_pool: ThreadPoolExecutor | None = None
-    #: One thread for images over ``settings.large_decode_bytes``.
-    large_decode_pool: ThreadPoolExecutor | None = None
+    #: One low-priority thread for images costlier than ``decode_lane`` takes.
+    costly_decode_pool: ThreadPoolExecutor | None = None
+    #: Costly decodes waiting for that thread or running on it.
+    costly_decodes: int = 0
     limiter: TokenBucketLimiter | None = None
     warmed: bool = False
     draining: bool = False
@@ -57,6 +60,7 @@ class Services:
             fetch_policy=settings.fetch_policy(),
             image_budget=settings.image_budget(),
             decode_memory=DecodeMemoryPool(settings.decode_memory_bytes),
+            decode_lane=settings.decode_lane(),
             limiter=(
                 TokenBucketLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
                 if settings.rate_limit_per_s

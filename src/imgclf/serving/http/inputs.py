@@ -1,8 +1,11 @@
 """Turn request bodies into model-ready pixels: read, fetch or base64-decode, then decode images.
 
 Image decoding (Pillow) runs on a bounded thread pool so the event loop keeps answering other
-requests, health checks and metrics while large photos are decoded. Every failure is an
-:class:`~imgclf.errors.InputError` naming what was wrong with which input.
+requests, health checks and metrics while large photos are decoded. Images that cost more than
+the settings' :class:`~imgclf.image_budget.DecodeLane` takes (much decode memory, or a JPEG with
+many scans) go to one thread of their own that runs at a lower CPU priority, with a bounded
+queue: an ordinary photo never waits behind them, for a decode thread or for a CPU. Every
+failure is an :class:`~imgclf.errors.InputError` naming what was wrong with which input.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from imgclf.errors import ForbiddenURLError, InputError, UnsupportedMediaError
+from imgclf.errors import ForbiddenURLError, InputError, OverloadedError, UnsupportedMediaError
 from imgclf.image_budget import DecodeLaneError
 from imgclf.inference.fetch import fetch_url_async
 from imgclf.preprocessing import load_pixels
@@ -166,14 +169,34 @@ async def decode_images(
 async def _decode_in_lane(
     data: bytes, load: Callable[..., np.ndarray], services: Services
 ) -> np.ndarray:
-    """Decode on the shared pool, or on the large-image thread when the estimate is large."""
-    assert services.decode_pool is not None and services.large_decode_pool is not None
+    """Decode on the shared pool, or on the low-priority costly-decode thread when costly.
+
+    At most ``settings.costly_decode_queue`` costly decodes wait or run at once; the image that
+    would be one more is refused at once (503 + ``Retry-After``) instead of waiting past its
+    decode deadline, so one client's costly images cannot pile up in front of another's.
+
+    Raises:
+        OverloadedError: The costly lane is full (503).
+    """
+    assert services.decode_pool is not None and services.costly_decode_pool is not None
     loop = asyncio.get_running_loop()
-    small = functools.partial(load, data, lane_limit=services.settings.large_decode_bytes)
+    ordinary = functools.partial(load, data, lane=services.decode_lane)
     try:
-        return await loop.run_in_executor(services.decode_pool, small)
-    except DecodeLaneError:
-        return await loop.run_in_executor(services.large_decode_pool, load, data)
+        return await loop.run_in_executor(services.decode_pool, ordinary)
+    except DecodeLaneError as costly:
+        limit = services.settings.costly_decode_queue
+        if services.costly_decodes >= limit:
+            raise OverloadedError(
+                f"this image is costly to decode ({costly}) and {limit} such images are being "
+                "decoded or waiting already, the most this service takes; retry after 1 s "
+                f"(a batch may hold at most {limit} of them)",
+                1.0,
+            ) from None
+    services.costly_decodes += 1
+    try:
+        return await loop.run_in_executor(services.costly_decode_pool, load, data)
+    finally:
+        services.costly_decodes -= 1
 
 
 async def classify_images(

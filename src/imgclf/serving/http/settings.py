@@ -15,7 +15,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from imgclf.image_budget import DEFAULT_MAX_DECODE_BYTES, DEFAULT_MAX_PIXELS, ImageBudget
+from imgclf.image_budget import (
+    DEFAULT_MAX_DECODE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DecodeLane,
+    ImageBudget,
+)
 from imgclf.inference.fetch import FetchPolicy
 from imgclf.serving.header_limits import DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS
 from imgclf.serving.http.schemas import MAX_BATCH_IMAGES
@@ -117,8 +122,30 @@ class ServeSettings(BaseSettings):
     large_decode_bytes: int = Field(
         32 * 1024 * 1024,
         ge=1 << 20,
-        description="Images estimated to need more memory than this to decode are decoded one "
-        "at a time on a thread of their own, so they never hold up ordinary photos",
+        description="Images estimated to need more memory than this to decode are costly: "
+        "they are decoded one at a time on a low-priority thread of their own, so they never "
+        "hold up ordinary photos",
+    )
+    costly_decode_scan_pixels: int = Field(
+        100_000_000,
+        ge=1_000_000,
+        description="JPEGs whose scans x pixels exceed this are costly too (a progressive "
+        "photo costs libjpeg a pass over every pixel per scan; a 24 MP baseline one has 1 to 3)",
+    )
+    costly_decode_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How many nice levels below the server the costly-decode thread runs (on "
+        "Linux, where each thread has its own priority): when the CPUs are busy it gets what "
+        "ordinary requests leave",
+    )
+    costly_decode_queue: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="Costly decodes waiting or running at once; more get 503 + Retry-After "
+        "(four of about a second each stay within the decode deadline)",
     )
     decode_timeout_s: float = Field(
         5.0, gt=0, le=120, description="Wall-clock time to decode one image; longer gets 422"
@@ -226,6 +253,10 @@ class ServeSettings(BaseSettings):
             max_decode_bytes=min(self.max_decode_bytes, self.decode_memory_bytes),
             timeout_s=self.decode_timeout_s,
         )
+
+    def decode_lane(self) -> DecodeLane:
+        """The images the ordinary decode threads take; costlier ones go to the costly lane."""
+        return DecodeLane(self.large_decode_bytes, self.costly_decode_scan_pixels)
 
     def fetch_policy(self) -> FetchPolicy:
         """The URL-fetch limits these settings describe (bytes capped like uploads)."""
