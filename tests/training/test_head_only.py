@@ -128,7 +128,7 @@ def test_cli_names_every_phase_in_plain_lines(color_dataset: Path, tmp_path: Pat
         "features: onnxruntime fp32 (--no-bf16 given)",
         "features train 1/1: 36/36 img",
         "features validation 1/1: 36/36 img",
-        "head fit: 3/3 fit",
+        "head fit: 300/300 step",
         "epoch 1/1: 5/5 batch",
         "validate 1/1: 36/36 img",
         "evaluate test: 36/36 img",
