@@ -128,7 +128,12 @@ ENDPOINTS: dict[str, tuple[str, RequestEncoder, Callable[[Any], str]]] = {
 
 
 def default_venvs() -> Path:
-    """Where the peer environments go unless ``--venvs`` says otherwise (outside the repo)."""
+    """Where the peer environments go unless ``--venvs`` says otherwise (outside the repo).
+
+    ``$IMGCLF_BENCH_PEERS_VENVS``, else ``imgclf/bench-peers`` in the user's cache folder.
+    """
+    if chosen := os.environ.get("IMGCLF_BENCH_PEERS_VENVS"):
+        return Path(chosen)
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "imgclf" / "bench-peers"
 
@@ -488,7 +493,7 @@ def main() -> None:
         f"{peer_version(bins['bentoml'], 'bentoml')}. CPU-bound limit: {cores} cores / "
         f"({model_ms:.1f} ms model + {decode_ms:.1f} ms decode CPU per image) = {bound:.0f} "
         f"images/s. Load average (1, 5, 15 min) before: {fmt_load(load_before)}, after: "
-        f"{fmt_load(load_after)}."
+        f"{fmt_load(load_after)}; this benchmark ran at niceness {os.nice(0)}."
     )
     goals = goal_table(checks)
     print(table, meta, goals, sep="\n\n")
