@@ -40,6 +40,7 @@ bench_peers, peer_model = load_bench_modules()
 DEFAULT = bench_peers.DEFAULT
 PEER_A = "KServe 0.21 custom Model, 1 worker"
 PEER_B = "BentoML 1.4 default (1 worker)"
+COLOR_SET = [(200, 30, 30), (30, 200, 30), (30, 40, 220), (220, 200, 30)]
 
 
 def summary(c1: float, c16: float, memory: float) -> object:
@@ -240,3 +241,21 @@ def test_measure_loads_a_server_only_after_its_parity_holds(
     sample = measure(["hat", "hat"])
     assert sample.images_s[1] > 0 and sample.images_s[16] > 0  # type: ignore[attr-defined]
     assert sample.failed == 0 and sample.memory_mb > 0  # type: ignore[attr-defined]
+
+
+PEERS = [c for c in bench_peers.CONFIGS if c.is_peer]
+
+
+@pytest.mark.slow  # starts KServe and BentoML servers, two workers each at most
+@pytest.mark.parametrize("config", PEERS, ids=[f"{c.kind}-{c.workers}" for c in PEERS])
+def test_real_peers_pass_parity_and_serve(config: object, tmp_path: Path) -> None:
+    venvs = bench_peers.default_venvs()
+    bins = {kind: venvs / kind / "bin" for kind in bench_peers.PEER_REQUIREMENTS}
+    if not all((path / "python").exists() for path in bins.values()):
+        pytest.skip(f"no peer environments in {venvs}: bench/bench_peers.py --setup-only")
+    images = [encode_image(make_image(c, (400, 300), seed=i)) for i, c in enumerate(COLOR_SET)]
+    reference = bench_peers.reference_answers(BUNDLED, images)
+    args = argparse.Namespace(seconds=0.5, warmup=1)
+    log = tmp_path / "peer.log"
+    sample = bench_peers.measure(config, BUNDLED, bins, images, reference, args, log)
+    assert sample.failed == 0 and sample.images_s[16] > 0  # type: ignore[attr-defined]
