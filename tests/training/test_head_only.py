@@ -165,6 +165,7 @@ def test_train_pixels_are_freed_before_fine_tuning_unless_evaluated(
     assert ("train" in result.metrics) is eval_train
 
 
+@pytest.mark.slow  # builds a backbone and exports it to ONNX (8-10 s on a busy machine)
 def test_onnx_features_equal_torch_features_and_flip_alike(color_dataset: Path) -> None:
     """ONNX Runtime computes the head stage's features on a CPU; they are torch's features."""
     import torch
@@ -210,6 +211,7 @@ def test_features_fall_back_to_torch_when_the_network_does_not_export(
     assert "unsupported op" in caplog.text
 
 
+@pytest.mark.slow  # builds a backbone and exports it to ONNX (8-10 s on a busy machine)
 def test_reduced_precision_runs_in_torch_and_races_onnx_runtime_fp32(
     color_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
