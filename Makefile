@@ -23,7 +23,8 @@ TFSERVING_BIN := $(TFSERVING_VENV)/bin
 
 .PHONY: help serve install-serve install-dev test test-fast test-containers lint format clean \
 	install-tflite test-tflite install-tfserving test-tfserving tfserving-protos lock \
-	bench-accuracy bench-runtimes bench-serving bench-reliability bench-gateway bench-lambda
+	bench-accuracy bench-runtimes bench-serving bench-reliability bench-gateway bench-lambda \
+	bench-peers
 
 help:
 	@echo "make serve            install the serving extras and serve the bundled model on $(HOST):$(PORT)"
@@ -34,7 +35,7 @@ help:
 	@echo "make test-tfserving   official TF Serving client vs the model server ($(TFSERVING_VENV))"
 	@echo "make lint             ruff check, ruff format --check, mypy, lint-imports (layers)"
 	@echo "make lock             regenerate the images' dependency locks (deploy/locks) with uv"
-	@echo "make bench-*          benchmarks: accuracy runtimes serving reliability gateway lambda"
+	@echo "make bench-*          benchmarks: accuracy runtimes serving reliability gateway lambda peers"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -126,3 +127,7 @@ bench-gateway: install-dev
 
 bench-lambda: install-dev
 	$(BIN)/python bench/bench_lambda.py --update-docs
+
+# KServe and BentoML in environments of their own (created on first run; --venvs DIR).
+bench-peers: install-dev
+	$(BIN)/python bench/bench_peers.py --rounds 5 --seconds 30 --update-docs

@@ -6,6 +6,7 @@ Everything runs on 127.0.0.1 and is bounded in requests and seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -75,7 +76,128 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class ServerProcess:
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (workers a server forks or spawns), alive now."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size of one process: its private pages plus its share of shared ones.
+
+    Summed over the processes of a server, it counts pages that forked workers share once, where
+    RSS would count them once per worker.
+    """
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class ManagedServer:
+    """A server command in a subprocess on a free loopback port, ready when ``ready_path`` is 200.
+
+    Memory and CPU cover the whole process tree, so servers that run workers in processes of
+    their own are measured whole.
+    """
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        log: Path,
+        *,
+        port: int,
+        ready_path: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        ready_timeout_s: float = 180.0,
+    ) -> None:
+        self.port = port
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log
+        self._log = log.open("wb")
+        self.process = subprocess.Popen(
+            list(command),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,  # terminate() signals the workers too
+        )
+        self._wait_ready(ready_path, ready_timeout_s)
+
+    def _wait_ready(self, ready_path: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self._log.close()
+                sys.exit(f"server exited with code {self.process.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(f"{self.base}{ready_path}", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.terminate()
+        sys.exit(f"server did not become ready; see {self.log_path}")
+
+    @property
+    def rss_mb(self) -> float:
+        """Resident memory of the server's main process."""
+        return rss_mb(self.process.pid)
+
+    @property
+    def memory_mb(self) -> float:
+        """PSS of every process of the server (see :func:`pss_mb`)."""
+        return sum(pss_mb(pid) for pid in process_tree(self.process.pid))
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds the server's main process has used since it started."""
+        return cpu_seconds(self.process.pid)
+
+    @property
+    def tree_cpu_s(self) -> float:
+        """CPU seconds of every live process of the server since each started."""
+        total = 0.0
+        for pid in process_tree(self.process.pid):
+            try:
+                total += cpu_seconds(pid)
+            except OSError:
+                continue
+        return total
+
+    def terminate(self, timeout_s: float = 30.0) -> float:
+        """SIGTERM the server's process group and wait; returns seconds until the server exited."""
+        start = time.monotonic()
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # workers left behind by the server
+        self._log.close()
+        return time.monotonic() - start
+
+
+class ServerProcess(ManagedServer):
     """``imgclf serve`` in a subprocess on a free loopback port (``env``: ``IMGCLF_*`` settings)."""
 
     def __init__(
@@ -86,29 +208,11 @@ class ServerProcess:
         log_level: str = "warning",
         env: dict[str, str] | None = None,
     ) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log_path = log
-        self._log = log.open("wb")
+        port = free_port()
         cmd = [sys.executable, "-m", "imgclf", "serve", "--model", str(bundle)]
-        cmd += ["--port", str(self.port), "--log-level", log_level, *options]
-        self.process = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-        self._wait_ready()
-
-    def _wait_ready(self, timeout_s: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                sys.exit(f"server exited with code {self.process.returncode}; see its log")
-            try:
-                if httpx.get(f"{self.base}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        sys.exit("server did not become ready")
+        cmd += ["--port", str(port), "--log-level", log_level, *options]
+        environment = {**os.environ, **(env or {})}
+        super().__init__(cmd, log, port=port, ready_path="/ready", env=environment)
 
     def access_statuses(self, route: str = "/predict") -> dict[int, int]:
         """Statuses of the requests the server logged (needs ``log_level="info"``)."""
@@ -119,28 +223,6 @@ class ServerProcess:
                 if entry.get("logger") == "imgclf.access" and entry.get("route") == route:
                     counts[entry["status"]] = counts.get(entry["status"], 0) + 1
         return counts
-
-    @property
-    def rss_mb(self) -> float:
-        return rss_mb(self.process.pid)
-
-    @property
-    def cpu_s(self) -> float:
-        """CPU seconds the server has used since it started."""
-        return cpu_seconds(self.process.pid)
-
-    def terminate(self, timeout_s: float = 30.0) -> float:
-        """SIGTERM and wait; returns seconds until the process exited."""
-        start = time.monotonic()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return time.monotonic() - start
 
 
 @dataclass
@@ -261,21 +343,48 @@ async def _post(
         result.errors.append(f"{type(exc).__name__}: {exc}")
 
 
-def _prepared(url: str, images: Sequence[bytes]) -> tuple[str, int, list[bytes]]:
+def json_request(url: str, body: bytes) -> bytes:
+    """A complete keep-alive HTTP/1.1 request posting ``body`` as ``application/json``."""
+    parts = urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+#: Turns (URL, image) into the complete HTTP request the load generator sends.
+RequestEncoder = Callable[[str, bytes], bytes]
+
+
+def _prepared(
+    url: str, images: Sequence[bytes], encode: RequestEncoder = multipart_request
+) -> tuple[str, int, list[bytes]]:
     parts = urlsplit(url)
     return (
         parts.hostname or "127.0.0.1",
         parts.port or 80,
-        [multipart_request(url, image) for image in images],
+        [encode(url, image) for image in images],
     )
 
 
 async def closed_loop(
-    url: str, images: Sequence[bytes], *, concurrency: int, requests: int, max_seconds: float
+    url: str,
+    images: Sequence[bytes],
+    *,
+    concurrency: int,
+    requests: int,
+    max_seconds: float,
+    encode: RequestEncoder = multipart_request,
 ) -> LoadResult:
-    """``concurrency`` clients, each sending its next request as soon as the last one answers."""
+    """``concurrency`` clients, each sending its next request as soon as the last one answers.
+
+    Each image becomes the request ``encode`` makes of it (default: a multipart upload), built
+    before the clock starts.
+    """
     result = LoadResult()
-    host, port, prepared = _prepared(url, images)
+    host, port, prepared = _prepared(url, images, encode)
     counter = iter(range(requests))
     deadline = time.monotonic() + max_seconds
 

@@ -51,6 +51,7 @@ def _count_passes(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     return seen
 
 
+@pytest.mark.slow  # trains a model: seconds to minutes
 def test_head_only_reads_each_split_once(
     color_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -66,6 +67,7 @@ def test_head_only_reads_each_split_once(
     }
 
 
+@pytest.mark.slow  # trains a model: seconds to minutes
 def test_flipped_pass_and_train_evaluation_only_on_request(
     color_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -82,6 +84,7 @@ def test_flipped_pass_and_train_evaluation_only_on_request(
     }  # train and validation metrics reuse the head stage's features
 
 
+@pytest.mark.slow  # trains a model: seconds to minutes
 def test_reused_features_give_the_metrics_of_a_fresh_evaluation(tmp_path: Path) -> None:
     from imgtools import write_color_dataset
 
@@ -105,6 +108,7 @@ def test_reused_features_give_the_metrics_of_a_fresh_evaluation(tmp_path: Path) 
             assert recorded[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (split, key)
 
 
+@pytest.mark.slow  # trains a model: seconds to minutes
 def test_cli_names_every_phase_in_plain_lines(color_dataset: Path, tmp_path: Path) -> None:
     """A real ``imgclf train`` with stderr in a log: readable phase lines, results on stdout."""
     out = tmp_path / "run"
@@ -137,6 +141,7 @@ def test_cli_names_every_phase_in_plain_lines(color_dataset: Path, tmp_path: Pat
     assert "bundle:" in done.stdout and "decode" not in done.stdout
 
 
+@pytest.mark.slow  # trains a model: seconds to minutes
 @pytest.mark.parametrize(("eval_train", "kept"), [(False, 0), (True, 36)])
 def test_train_pixels_are_freed_before_fine_tuning_unless_evaluated(
     color_dataset: Path,
@@ -160,6 +165,7 @@ def test_train_pixels_are_freed_before_fine_tuning_unless_evaluated(
     assert ("train" in result.metrics) is eval_train
 
 
+@pytest.mark.slow  # builds a backbone and exports it to ONNX (8-10 s on a busy machine)
 def test_onnx_features_equal_torch_features_and_flip_alike(color_dataset: Path) -> None:
     """ONNX Runtime computes the head stage's features on a CPU; they are torch's features."""
     import torch
@@ -205,6 +211,7 @@ def test_features_fall_back_to_torch_when_the_network_does_not_export(
     assert "unsupported op" in caplog.text
 
 
+@pytest.mark.slow  # builds a backbone and exports it to ONNX (8-10 s on a busy machine)
 def test_reduced_precision_runs_in_torch_and_races_onnx_runtime_fp32(
     color_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

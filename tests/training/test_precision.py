@@ -80,6 +80,7 @@ def test_this_machine_is_described() -> None:
     assert detected.describe().startswith(f"CPU capability {detected.capability}, ")
 
 
+@pytest.mark.slow  # trains a model: seconds to minutes
 def test_forced_bf16_is_recorded_and_final_metrics_stay_fp32(
     color_dataset: Path, tmp_path: Path
 ) -> None:

@@ -37,6 +37,7 @@ def test_median_short_side_reads_headers_and_skips_broken_files(tmp_path: Path) 
     assert median_short_side([broken]) is None
 
 
+@pytest.mark.slow  # trains a model: seconds to minutes
 def test_small_photos_train_and_serve_at_a_small_size(tmp_path: Path) -> None:
     from imgtools import write_color_dataset
 

@@ -135,6 +135,7 @@ def test_resume_refuses_changed_settings(color_dataset: Path, tmp_path: Path) ->
         train(color_dataset, tmp_path / "run", changed, resume=True)
 
 
+@pytest.mark.slow  # trains or loads backbones: seconds to minutes
 def test_resume_without_checkpoint(color_dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nothing to resume"):
         train(color_dataset, tmp_path / "none", TrainConfig(**FAST), resume=True)
