@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from imgclf.errors import ExportError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,12 @@ def torch_to_onnx(
     path: Path,
     opset: int = DEFAULT_OPSET,
     output_name: str = OUTPUT_NAME,
+    example: torch.Tensor | None = None,
 ) -> None:
     """Export ``model`` to ``path`` with a dynamic batch axis.
+
+    ``example`` is a batch of two inputs to trace with (default: float32 ``(2, 3, S, S)`` zeros,
+    ``S`` being ``input_size``).
 
     The graph's input is ``input``; its output is ``output_name`` (``logits`` by default).
 
@@ -46,7 +51,8 @@ def torch_to_onnx(
     import torch
 
     # A batch of 2: with 1, torch.export specialises the batch dimension to a constant.
-    example = torch.zeros(2, 3, input_size, input_size)
+    if example is None:
+        example = torch.zeros(2, 3, input_size, input_size)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     chatter = io.StringIO()  # the exporter prints progress lines; keep them for debug logs only
     try:

@@ -21,7 +21,7 @@ from torch import nn
 
 from imgclf.errors import BundleError, ExportError
 from imgclf.inference.runtimes import Runtime, open_runtime
-from imgclf.preprocessing import PreprocessConfig, normalize
+from imgclf.preprocessing import PreprocessConfig
 from imgclf.progress import progress
 from imgclf.torch_onnx import torch_to_onnx
 from imgclf.training.images import to_model_input
@@ -111,13 +111,25 @@ class TorchFeatures:
 
 
 class _PreLogits(nn.Module):
-    """The part of a timm classifier before its last linear layer."""
+    """A timm classifier up to its last linear layer, from uint8 ``(N, H, W, 3)`` pixels.
 
-    def __init__(self, model: nn.Module) -> None:
+    The normalisation (:func:`imgclf.preprocessing.normalize`'s arithmetic) is part of the graph:
+    ONNX Runtime fuses it into the first convolution's input on all its threads, where numpy
+    took about 6 ms per 224 px image on one.
+    """
+
+    def __init__(self, model: nn.Module, config: PreprocessConfig) -> None:
         super().__init__()
         self.model: Any = model
+        mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self.mean: torch.Tensor
+        self.inv_std: torch.Tensor
+        self.register_buffer("mean", mean)
+        self.register_buffer("inv_std", 1.0 / std)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        inputs = (pixels.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
         features: torch.Tensor = self.model.forward_head(
             self.model.forward_features(inputs), pre_logits=True
         )
@@ -143,10 +155,13 @@ class OnnxFeatures:
         Raises:
             ExportError: torch cannot export the network, or ONNX Runtime cannot load it.
         """
-        self._config, self.precision = config, precision
+        self.precision = precision
         with tempfile.TemporaryDirectory(prefix="imgclf-features-") as scratch:
             path = Path(scratch) / "features.onnx"
-            torch_to_onnx(_PreLogits(model).eval(), config.input_size, path, output_name="features")
+            size = config.input_size
+            example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
+            module = _PreLogits(model, config).eval()
+            torch_to_onnx(module, size, path, output_name="features", example=example)
             try:
                 self._runtime: Runtime = open_runtime(path, "onnx", threads=threads)
             except BundleError as exc:
@@ -159,8 +174,8 @@ class OnnxFeatures:
         chunks = []
         bar = progress(desc=desc, total=len(pixels), unit="img", leave=False, disable=not desc)
         for part in _batches(len(pixels), batch_size):
-            batch = pixels[part][:, :, ::-1] if flip else pixels[part]
-            chunks.append(self._runtime.run(normalize(batch, self._config)))
+            batch = np.ascontiguousarray(pixels[part][:, :, ::-1] if flip else pixels[part])
+            chunks.append(self._runtime.run(batch))
             bar.update(len(batch))
         bar.close()
         if not chunks:
