@@ -114,6 +114,29 @@ def test_rank_batches_split_every_epoch_between_the_ranks() -> None:
     assert not np.array_equal(np.concatenate(second), np.concatenate(first[0]))
 
 
+def test_auto_resume_resumes_only_when_there_is_a_checkpoint(tmp_path: Path) -> None:
+    from imgclf.training.distributed import SINGLE
+    from imgclf.training.trainer import _agree_on_resume
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    assert _agree_on_resume(checkpoint, "auto", SINGLE) is False
+    checkpoint.write_bytes(b"")
+    assert _agree_on_resume(checkpoint, "auto", SINGLE) is True
+    assert _agree_on_resume(checkpoint, False, SINGLE) is False
+
+
+def test_cli_auto_resume_reaches_train(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from imgclf.cli import build_parser
+    from imgclf.training import cli as training_cli
+    from imgclf.training import trainer
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: seen.update(k))
+    args = build_parser().parse_args(["train", str(tmp_path), "--auto-resume"])
+    training_cli.train_from_args(args)
+    assert seen["resume"] == "auto"
+
+
 # ---- end to end ---------------------------------------------------------------------------------
 
 
