@@ -114,6 +114,39 @@ def test_rank_batches_split_every_epoch_between_the_ranks() -> None:
     assert not np.array_equal(np.concatenate(second), np.concatenate(first[0]))
 
 
+def _gather_in_group(rank: int, world: int, init: str, totals: list[int], out: str) -> None:
+    """One rank of a gloo group: shard rows, gather them back, save what came back."""
+    import torch
+    import torch.distributed as dist
+
+    from imgclf.training import distributed
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    procs = distributed.Processes(rank, world, rank, world)
+    gathered = {}
+    for total in totals:
+        rows = np.arange(total * 3, dtype=np.float32).reshape(total, 3)
+        local = torch.from_numpy(np.ascontiguousarray(distributed.shard(rows, procs)))
+        gathered[str(total)] = distributed.gather_rows(local, total, procs).numpy()
+    np.savez(f"{out}-{rank}.npz", **gathered)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # starts a group of three processes
+def test_gathered_shards_come_back_in_dataset_order(tmp_path: Path) -> None:
+    """Uneven shards (7 rows over 3 ranks) and a rank with none (2 rows over 3)."""
+    import torch.multiprocessing as mp
+
+    totals, world = [7, 2, 9], 3
+    init = f"file://{tmp_path / 'store'}"
+    mp.spawn(_gather_in_group, args=(world, init, totals, str(tmp_path / "rank")), nprocs=world)
+    for rank in range(world):
+        gathered = np.load(tmp_path / f"rank-{rank}.npz")
+        for total in totals:
+            expected = np.arange(total * 3, dtype=np.float32).reshape(total, 3)
+            np.testing.assert_array_equal(gathered[str(total)], expected)
+
+
 def test_auto_resume_resumes_only_when_there_is_a_checkpoint(tmp_path: Path) -> None:
     from imgclf.training.distributed import SINGLE
     from imgclf.training.trainer import _agree_on_resume
