@@ -3,7 +3,7 @@
 A run started by ``imgclf train --nproc N`` or ``torchrun`` (:mod:`imgclf.training.launch`) has
 one process per rank, each reading the whole dataset (decoding is per process), and:
 
-* **head stage**: rank 0 chooses the feature engine and precision (a timing, which every rank
+* **head stage**: rank 0 times and chooses the feature precision (a timing, which every rank
   could answer differently) and every rank uses its choice; rank ``r`` of ``W`` embeds images
   ``r, r + W, r + 2W, ...`` of each split;
   :func:`gather_rows` puts the features back in dataset order on every rank, and every rank fits
