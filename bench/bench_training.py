@@ -1,6 +1,7 @@
 """Training benchmark: head-only wall time and peak memory of ``imgclf train`` runs.
 
     python bench/bench_training.py [--runs head-intel,head-clothing,head-cifar] [--update-docs]
+    python bench/bench_training.py --processes [--dataset clothing-small] [--epochs 3] [--repeats 1]
 
 Each run is a real ``imgclf train`` subprocess (fp32 unless the CPU runs bf16 natively, which the
 run decides and records), timed from start to exit; its peak resident memory is the child's own
@@ -13,6 +14,12 @@ run decides and records), timed from start to exit; its peak resident memory is 
   training activations, then the export's calibration), only the remaining epochs are skipped.
 
 Test top-1 comes with its 95% Wilson interval (from the manifest).
+
+``--processes`` instead compares two layouts of the same run on the same CPUs: ``--nproc 2
+--threads 1`` (two DistributedDataParallel processes, gloo) against ``--threads 2`` (one process),
+each repeated ``--repeats`` times; it reports the median fine-tuning epoch time (training only,
+from ``history.json``), the head stage's time (its feature extraction sharded over the processes),
+the whole run's wall time and test top-1, and the ratio of the epoch medians.
 
 The table names the CPU's capability (``torch.backends.cpu.get_cpu_capability()``), the thread
 count and the load average before each run (the machine is shared; wall times are noisy under
@@ -39,6 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, command_line, markdown_table, update_docs
 
 SECTION = "## Training: head-only time and memory"
+PROCESSES_SECTION = "## Training: 2 processes x 1 thread vs 1 process x 2 threads"
+#: The two layouts ``--processes`` compares: name -> ``imgclf train`` options.
+LAYOUTS = {
+    "1 process x 2 threads": ("--threads", "2"),
+    "2 processes x 1 thread": ("--nproc", "2", "--threads", "1"),
+}
 DATASETS = REPO / ".." / "shared" / "datasets"
 
 
@@ -185,11 +198,123 @@ def render(results: list[Measured], threads: int) -> str:
     )
 
 
+@dataclass
+class LayoutRun:
+    """One ``imgclf train`` run of a layout: its epoch times and results."""
+
+    layout: str
+    epoch_s: list[float]
+    head_s: float
+    wall_s: float
+    test_top1: float
+    load_before: str
+
+
+def run_layout(layout: str, data: Path, options: list[str], out: Path) -> LayoutRun:
+    """Train once with ``layout``'s options; read the epoch times from ``history.json``."""
+    args = [sys.executable, "-m", "imgclf", "train", str(data), "-o", str(out)]
+    args += [*LAYOUTS[layout], *options, "--no-report", "--no-export"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    load = _load_average()
+    print(f"# {layout}: {' '.join(args[1:])} (load {load})", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(args, env=env, check=False)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{layout} failed with exit code {done.returncode}")
+    history = json.loads((out / "history.json").read_text(encoding="utf-8"))
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    epochs = [row["seconds"] for row in history if row["stage"] == "finetune"]
+    head = next(row["seconds"] for row in history if row["stage"] == "head")
+    top1 = manifest["metrics"]["test"]["top1"]
+    return LayoutRun(layout, epochs, head, wall, top1, load)
+
+
+def render_layouts(
+    runs: list[LayoutRun], data: Path, options: list[str]
+) -> tuple[str, dict[str, str]]:
+    """The docs section for ``--processes`` and its facts."""
+    import statistics
+
+    import torch
+
+    rows, medians = [], {}
+    for layout in LAYOUTS:
+        mine = [run for run in runs if run.layout == layout]
+        epoch = statistics.median(s for run in mine for s in run.epoch_s)
+        medians[layout] = epoch
+        rows.append(
+            [
+                layout,
+                str(sum(len(run.epoch_s) for run in mine)),
+                f"{epoch:.1f} s",
+                f"{statistics.median(run.head_s for run in mine):.1f} s",
+                f"{statistics.median(run.wall_s for run in mine):.0f} s",
+                " / ".join(f"{run.test_top1:.2%}" for run in mine),
+                " ; ".join(run.load_before for run in mine),
+            ]
+        )
+    one, two = medians["1 process x 2 threads"], medians["2 processes x 1 thread"]
+    ratio = one / two
+    header = ["layout", "epochs", "median epoch", "head stage", "median wall", "test top-1"]
+    header += ["load avg before (1/5/15 min)"]
+    text = "\n".join(
+        [
+            PROCESSES_SECTION,
+            "",
+            f"Command: `{command_line()}`",
+            "",
+            f"Dataset {data.name}, `imgclf train {' '.join(options)}`; CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()} ({os.cpu_count()} cores), torch "
+            f"{torch.__version__}. Epoch = one fine-tuning pass over the training split "
+            "(training steps only; validation excluded), from the run's history.json; head "
+            "stage = feature extraction (sharded over the processes) and the head fit. "
+            f"2 processes x 1 thread ran an epoch in {ratio:.2f}x the speed of 1 process x 2 "
+            "threads (median epoch of 1 process / median epoch of 2 processes).",
+            "",
+            markdown_table(header, rows),
+        ]
+    )
+    facts = {"ddp.epoch_speedup": f"{ratio:.2f}x"}
+    return text, facts
+
+
+def measure_processes(args: argparse.Namespace) -> None:
+    """``--processes``: both layouts, ``--repeats`` times each, alternating."""
+    data = Path(args.dataset)
+    if not data.is_dir():
+        data = DATASETS / args.dataset
+    if not data.is_dir():
+        sys.exit(f"dataset not found: {args.dataset}")
+    options = ["--epochs", str(args.epochs), "--patience", str(args.epochs)]
+    if args.image_size:
+        options += ["--image-size", str(args.image_size)]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench-processes-") as workdir:
+        for repeat in range(args.repeats):
+            for index, layout in enumerate(LAYOUTS):
+                out = Path(workdir) / f"{repeat}-{index}"
+                runs.append(run_layout(layout, data, options, out))
+    text, facts = render_layouts(runs, data, options)
+    print(text)
+    if args.update_docs:
+        update_docs(PROCESSES_SECTION, text, facts)
+
+
 def main() -> None:
     """Run the selected benchmarks, print the table, optionally update the docs."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="head-intel,head-clothing,head-cifar")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="compare 2 processes x 1 thread with 1 process x 2 threads (epoch times)",
+    )
+    parser.add_argument("--dataset", default="clothing-small", help="--processes: the data")
+    parser.add_argument("--epochs", type=int, default=3, help="--processes: epochs per run")
+    parser.add_argument("--image-size", type=int, default=None, help="--processes: input size")
+    parser.add_argument("--repeats", type=int, default=1, help="--processes: runs per layout")
     parser.add_argument(
         "--time-limit",
         type=float,
@@ -198,6 +323,9 @@ def main() -> None:
     )
     parser.add_argument("--update-docs", action="store_true")
     args = parser.parse_args()
+    if args.processes:
+        measure_processes(args)
+        return
     names = args.runs.split(",")
     unknown = set(names) - set(RUNS)
     if unknown:

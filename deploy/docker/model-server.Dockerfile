@@ -8,8 +8,8 @@
 # The repository at /models is written at build time from the bundled model by imgclf's Triton
 # exporter (imgclf.export.triton); mount your own repository over it to serve other models (the
 # server picks up new versions without a restart), or pull a bundle at start-up with
-# `--bundle https://host/bundle.tar.gz#sha256=<hex>` (`--bundle s3://bucket/prefix/` needs boto3:
-# the s3 extra in deploy/locks/serve.txt; see deploy/k8s/overlays/s3-model). No torch: ONNX
+# `--bundle https://host/bundle.tar.gz#sha256=<hex>` (`--bundle s3://bucket/prefix/` uses boto3,
+# installed by the s3 extra in deploy/locks/serve.txt; see deploy/k8s/overlays/s3-model). No torch: ONNX
 # Runtime runs the models.
 ARG BASE_IMAGE=python:3.11-slim
 

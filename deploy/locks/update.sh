@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate the image locks from pyproject.toml: `make lock` (needs uv and PyPI).
 #
-#   serve.txt   base + serve + grpc   deploy/docker/serve.Dockerfile, model-server.Dockerfile
+#   serve.txt   base + serve + grpc + s3   deploy/docker/serve.Dockerfile, model-server.Dockerfile
+#               (s3: boto3, so the stock images pull `--bundle s3://...` / `-m s3://...` models)
 #   lambda.txt  base + lambda         deploy/lambda/Dockerfile
 #   train.txt   base + train          deploy/docker/train.Dockerfile, without torch and torchvision:
 #               they come from PyTorch's CPU wheel index at the versions in train-torch.txt (PyPI's
@@ -17,7 +18,7 @@ compile() {
     "$UV" pip compile --quiet --universal --python-version 3.11 --generate-hashes \
         --custom-compile-command "make lock" "$@"
 }
-compile pyproject.toml --extra serve --extra grpc -o deploy/locks/serve.txt
+compile pyproject.toml --extra serve --extra grpc --extra s3 -o deploy/locks/serve.txt
 compile pyproject.toml --extra lambda -o deploy/locks/lambda.txt
 compile deploy/locks/build.in -o deploy/locks/build.txt
 

@@ -129,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (see :data:`EXIT_CODES`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = list(sys.argv[1:] if argv is None else argv)  # to start it again
     logging.basicConfig(
         level=logging.DEBUG
         if args.verbose > 1
@@ -150,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         message, code = describe_error(exc)
-        print(f"imgclf {args.command}: {message}", file=sys.stderr)
+        if not (isinstance(exc, ImgclfError) and _other_rank()):
+            print(f"imgclf {args.command}: {message}", file=sys.stderr)
         return code
 
 
@@ -172,6 +174,13 @@ def describe_error(exc: Exception) -> tuple[str, int]:
         "--debug for the traceback and report it)",
         EXIT_CODES["internal"],
     )
+
+
+def _other_rank() -> bool:
+    """Whether this is a training process other than rank 0 (which says the same errors)."""
+    from imgclf.training.launch import process_rank
+
+    return process_rank() != 0
 
 
 def _one_line(text: str) -> str:

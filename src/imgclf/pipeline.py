@@ -19,7 +19,7 @@ import argparse
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from imgclf.bundle import Bundle
 from imgclf.errors import ExportError
@@ -106,7 +106,7 @@ def train_and_export(
     config: TrainConfig,
     *,
     export: bool = True,
-    resume: bool = False,
+    resume: bool | Literal["auto"] = False,
     report: bool = True,
     stop_after: int | None = None,
 ) -> PipelineResult | None:
@@ -117,7 +117,7 @@ def train_and_export(
         out: Bundle folder to write.
         config: The training recipe.
         export: Export :data:`SERVING_FORMATS` after training (False: PyTorch weights only).
-        resume: Continue an interrupted run from ``out``.
+        resume: Continue an interrupted run from ``out`` (``"auto"``: when there is one).
         report: Also write the evaluation report.
         stop_after: Stop after this many fine-tuning epochs (then nothing is exported).
 
@@ -135,10 +135,25 @@ def train_and_export(
 
 
 def run_train_command(args: argparse.Namespace) -> int:
-    """Handle ``imgclf train``: train and print the metrics, then export unless ``--no-export``."""
-    from imgclf.training.cli import print_train_result, train_from_args
+    """Handle ``imgclf train``: train and print the metrics, then export unless ``--no-export``.
 
+    With ``--nproc N`` (N > 1) this process only launches N processes that each run the same
+    command (:mod:`imgclf.training.launch`); rank 0 of them prints, writes and exports.
+    """
+    from imgclf.training.cli import print_train_result, train_from_args
+    from imgclf.training.launch import launch, launched, process_rank
+
+    if args.nproc not in (None, 1) and not launched():
+        return launch(
+            args.command_line,
+            args.nproc,
+            threads=args.threads,
+            batch_size=args.batch_size,
+            verbose=args.verbose > 0,
+        )
     training = train_from_args(args)
+    if process_rank() != 0:
+        return 0  # rank 0 reports and exports
     if training is None:
         print(f"stopped after {args.stop_after} epoch(s); continue with --resume")
         return 0

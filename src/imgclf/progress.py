@@ -9,6 +9,9 @@ written: it belongs to a command's results.
 Training names each phase and pass (``decode 1/3 splits (train)``, ``features train 1/1``,
 ``head fit``, ``epoch 3/8``, ``evaluate test``); ``imgclf predict`` counts images and images/s.
 
+In multi-process training only rank 0 shows progress: the other processes call :func:`silence`,
+so N processes do not print every line N times.
+
 This module imports neither numpy nor torch, so the lightest commands can use it.
 """
 
@@ -21,12 +24,14 @@ from typing import IO, Any, TypeVar
 
 from tqdm import tqdm
 
-__all__ = ["PLAIN_INTERVAL_S", "is_terminal", "note", "progress"]
+__all__ = ["PLAIN_INTERVAL_S", "is_terminal", "note", "progress", "silence"]
 
 T = TypeVar("T")
 
 #: Seconds between two plain progress lines when stderr is not a terminal.
 PLAIN_INTERVAL_S = 5.0
+
+_silenced = False
 
 _PLAIN_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 _PLAIN_FORMAT_NO_TOTAL = "{desc}: {n_fmt} {unit} [{elapsed}, {rate_fmt}{postfix}]"
@@ -85,6 +90,8 @@ def progress(
         A ``tqdm`` object: iterate over it, or ``update``/``set_postfix``/``close`` it.
     """
     stream = sys.stderr
+    if _silenced:
+        return tqdm(iterable, desc=desc, total=total, unit=unit, disable=True)
     if is_terminal(stream):
         return tqdm(
             iterable,
@@ -120,4 +127,11 @@ def progress(
 
 def note(message: str) -> None:
     """Print one line on stderr without breaking a bar that is being drawn."""
-    tqdm.write(message, file=sys.stderr)
+    if not _silenced:
+        tqdm.write(message, file=sys.stderr)
+
+
+def silence() -> None:
+    """Show no more progress bars or notes in this process (a training process but rank 0's)."""
+    global _silenced  # noqa: PLW0603 - one switch for the whole process, set once
+    _silenced = True

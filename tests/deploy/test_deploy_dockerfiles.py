@@ -127,7 +127,7 @@ def test_serving_images_have_a_healthcheck_and_no_torch(name: str) -> None:
     (healthcheck,) = final.args("HEALTHCHECK")
     assert "CMD [" in healthcheck and "127.0.0.1" in healthcheck
     # What they install is deploy/locks/serve.txt: tests/deploy/test_deploy_locks.py checks it
-    # pins imgclf[serve,grpc] and no torch.
+    # pins imgclf[serve,grpc,s3] and no torch.
     (deps,) = (stage for stage in parsed.stages if stage.name == "deps")
     assert "-r /build/serve.txt" in " ".join(deps.args("RUN"))
 

@@ -23,7 +23,7 @@ from packaging.version import Version
 LOCKS = DEPLOY_DIR / "locks"
 #: Lock file -> the extras it installs besides the base dependencies.
 LOCK_EXTRAS: dict[str, tuple[str, ...]] = {
-    "serve.txt": ("serve", "grpc"),
+    "serve.txt": ("serve", "grpc", "s3"),
     "lambda.txt": ("lambda",),
     "train.txt": ("train",),
 }

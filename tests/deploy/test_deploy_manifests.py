@@ -375,6 +375,73 @@ def test_rayjob_runs_a_bulk_prediction_imgclf_accepts() -> None:
     assert high <= workers["maxReplicas"] * worker_cpus // args.actor_cpus, "actors that fit"
 
 
+# ---- Kubeflow PyTorchJob (multi-machine training) ------------------------------------------------
+
+
+def _claim_of(
+    path: str, pod: dict[str, Any], claims: dict[str, dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The PersistentVolumeClaim a pod's ``path`` lives on, and the container's mount of it."""
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    return claims[volume["persistentVolumeClaim"]["claimName"]], mount
+
+
+def test_pytorchjob_runs_torchrun_with_a_training_imgclf_accepts() -> None:
+    """Every pod runs the same torchrun line: c10d rendezvous at the master, ``imgclf train``
+    with --auto-resume, processes x threads within the pod's CPUs, storage every rank can use."""
+    run = pytest.importorskip("torch.distributed.run", reason="needs torch (the train extra)")
+    from imgclf.training.launch import check_processes
+
+    docs = load_yaml_documents(K8S_DIR / "training" / "pytorchjob.yaml")
+    (job,) = [d for d in docs if d["kind"] == "PyTorchJob"]
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    for claim in claims.values():
+        validate(claim)
+    assert job["apiVersion"] == "kubeflow.org/v1"
+    assert job["spec"]["runPolicy"]["backoffLimit"] >= 1
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert set(replicas) == {"Master", "Worker"} and replicas["Master"]["replicas"] == 1
+    nodes = sum(spec["replicas"] for spec in replicas.values())
+    lines = set()
+    for role, spec in replicas.items():
+        assert spec["restartPolicy"] == "OnFailure", role
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
+               "spec": spec["template"]["spec"]}  # fmt: skip
+        validate(pod)
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        (container,) = pod["spec"]["containers"]
+        assert container["name"] == "pytorch", "the operator finds the container by this name"
+        limits = container["resources"]["limits"]
+        assert container["resources"]["requests"] == limits
+        line = [*container["command"], *container["args"]]
+        lines.add(tuple(line))
+        assert line[0] == "torchrun"
+        launcher = run.get_args_parser().parse_args(line[1:])
+        assert launcher.nnodes == str(nodes)
+        assert launcher.rdzv_backend == "c10d"
+        assert launcher.rdzv_endpoint == "$(MASTER_ADDR):$(MASTER_PORT)"  # set by the operator
+        assert launcher.module and launcher.training_script == "imgclf"
+        args = build_parser().parse_args(launcher.training_script_args)
+        assert args.command == "train" and args.auto_resume and args.nproc is None
+        check_processes(
+            int(launcher.nproc_per_node),
+            threads=args.threads,
+            batch_size=args.batch_size // nodes,  # the batch is split over every process
+            gpus=0,
+            cpus=int(limits["cpu"]),
+        )
+        data_claim, data_mount = _claim_of(args.data, pod["spec"], claims)
+        assert data_mount.get("readOnly") is True
+        assert {"ReadOnlyMany", "ReadWriteMany"} & set(data_claim["spec"]["accessModes"])
+        out_claim, out_mount = _claim_of(args.out, pod["spec"], claims)
+        assert not out_mount.get("readOnly")
+        # Rank 0, on whichever pod, writes the checkpoints and the bundle the others resume from.
+        assert out_claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert len(lines) == 1, "every pod runs the same command"
+
+
 # ---- compose ------------------------------------------------------------------------------------
 
 

@@ -72,6 +72,12 @@ KNOWN_SKIPS: dict[tuple[str, str], str] = {
         "docs/deployment.md",
         "aws cloudformation deploy --template-file deploy/ecs/template.yaml --stack-name imgclf",
     ): "needs an AWS account and a VPC",
+    ("docs/deployment.md", "torchrun --nnodes 2 --nproc-per-node 2"): (
+        "needs two machines that reach each other"
+    ),
+    ("docs/deployment.md", "kubectl apply -f deploy/k8s/training/pytorchjob.yaml"): (
+        "needs a Kubernetes cluster with the Kubeflow training operator"
+    ),
     ("docs/deployment.md", "make lock"): (
         "resolves every lock against PyPI (network) and rewrites deploy/locks"
     ),

@@ -98,7 +98,21 @@ def register(subparsers: Any) -> None:
         help="early stopping: epochs without a better validation score",
     )
     parser.add_argument("--seed", type=int, default=_DEFAULTS["seed"])
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (per process with --nproc; default: an equal share of the CPUs)",
+    )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train with N processes on this machine (DistributedDataParallel: gloo on CPUs, "
+        "NCCL with one GPU each), started by torch's elastic launcher; several machines: "
+        "torchrun (docs/deployment.md)",
+    )
     parser.add_argument(
         "--workers", type=int, default=_DEFAULTS["workers"], help="image decoding threads"
     )
@@ -123,6 +137,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--version", dest="model_version", default="1", help="model version")
     parser.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from OUT/checkpoint.pt"
+    )
+    parser.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="continue from OUT/checkpoint.pt when it exists, else start afresh (for jobs that "
+        "restart themselves: Kubernetes, torchrun --max-restarts)",
     )
     parser.add_argument(
         "--stop-after",
@@ -156,7 +176,7 @@ def train_from_args(args: argparse.Namespace) -> TrainResult | None:
         args.data,
         args.out,
         config,
-        resume=args.resume,
+        resume="auto" if args.auto_resume else args.resume,
         report=args.report,
         stop_after=args.stop_after,
     )

@@ -94,6 +94,7 @@ class EpochStats:
     accuracy: float
     lr: float
     seconds: float
+    images: int = 0
 
 
 def _shuffled(total: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -110,13 +111,20 @@ def train_epoch(
     labels: np.ndarray,
     state: FinetuneState,
     desc: str,
+    batches: Sequence[np.ndarray] | None = None,
 ) -> EpochStats:
-    """One pass over the training images with fresh augmentation; steps the LR schedule."""
+    """One pass over the training images with fresh augmentation; steps the LR schedule.
+
+    ``batches`` are this process's index batches when several processes train together (see
+    :func:`imgclf.training.distributed.rank_batches`); None shuffles all images with
+    ``state.rng``.
+    """
     started = time.perf_counter()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=state.config.label_smoothing)
     set_train_mode(model, state.frozen)
     total_loss, correct, seen, lr = 0.0, 0, 0, 0.0
-    batches = list(_shuffled(len(images), state.config.batch_size, state.rng))
+    if batches is None:
+        batches = list(_shuffled(len(images), state.config.batch_size, state.rng))
     bar = progress(batches, desc=desc, unit="batch", leave=False)
     for indices in bar:
         lr = state.apply_lr(optimizer)
@@ -137,7 +145,7 @@ def train_epoch(
         # refresh=False: the bar's own interval decides when to redraw (one line per few s in logs)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
     return EpochStats(
-        total_loss / max(1, seen), correct / max(1, seen), lr, time.perf_counter() - started
+        total_loss / max(1, seen), correct / max(1, seen), lr, time.perf_counter() - started, seen
     )
 
 

@@ -4,6 +4,9 @@ The run is resumable: after every fine-tuning epoch the full state (weights, opt
 position, best weights so far, history and random-number generators) is written atomically to
 ``<out>/checkpoint.pt``; ``resume=True`` continues from it and finishes exactly as an
 uninterrupted run with the same seed would.
+
+Started as several processes (``imgclf train --nproc N``, ``torchrun``), the run is data-parallel:
+see :mod:`imgclf.training.distributed` for what each rank does. One process runs as it always has.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,8 +33,11 @@ from imgclf.bundle import Bundle, Manifest, load_bundle
 from imgclf.data import DatasetSplits, load_dataset
 from imgclf.errors import ConfigError, DatasetError
 from imgclf.preprocessing import PreprocessConfig
-from imgclf.progress import note
+from imgclf.progress import note, silence
+from imgclf.training import distributed
+from imgclf.training.distributed import SINGLE, Processes
 from imgclf.training.finetune import (
+    EpochStats,
     FinetuneState,
     freeze_early,
     param_groups,
@@ -90,6 +96,7 @@ class Prepared:
     device: torch.device
     image_size_reason: str = ""
     precision: Precision = FP32
+    procs: Processes = SINGLE
 
 
 def _preprocess_for(dataset: DatasetSplits, config: TrainConfig) -> tuple[PreprocessConfig, str]:
@@ -107,8 +114,13 @@ def _preprocess_for(dataset: DatasetSplits, config: TrainConfig) -> tuple[Prepro
     return preprocess, reason
 
 
-def prepare(data: str | Path | DatasetSplits, config: TrainConfig) -> Prepared:
-    """Load and check the dataset, then decode every split once."""
+def prepare(
+    data: str | Path | DatasetSplits,
+    config: TrainConfig,
+    device: torch.device | None = None,
+    procs: Processes = SINGLE,
+) -> Prepared:
+    """Load and check the dataset, then decode every split once (on ``device``, or the best)."""
     if isinstance(data, DatasetSplits):
         dataset = data
     else:
@@ -136,7 +148,15 @@ def prepare(data: str | Path | DatasetSplits, config: TrainConfig) -> Prepared:
         for index, (name, records) in enumerate(dataset.splits.items(), start=1)
     }
     train_size = config.resolved_train_size(preprocess.input_size)
-    return Prepared(dataset, preprocess, train_size, decoded, pick_device(), size_reason)
+    return Prepared(
+        dataset,
+        preprocess,
+        train_size,
+        decoded,
+        device or pick_device(),
+        size_reason,
+        procs=procs,
+    )
 
 
 @dataclass
@@ -154,12 +174,20 @@ class HeadStage:
     extract: Features | None = None
 
 
+def _embed(features: Features, pixels: np.ndarray, prep: Prepared, **options: Any) -> torch.Tensor:
+    """``features`` of every row of ``pixels``: each rank computes its shard, all get all rows."""
+    local = features(distributed.shard(pixels, prep.procs), **options)
+    return distributed.gather_rows(local, len(pixels), prep.procs)
+
+
 def _train_features(features: Features, prep: Prepared, config: TrainConfig) -> torch.Tensor:
     train = prep.splits["train"]
     passes = 2 if config.head_flip else 1
     chunks = [
-        features(
+        _embed(
+            features,
             train.eval_pixels,
+            prep,
             flip=flipped,
             desc=f"features train {index}/{passes}{' (flipped)' if flipped else ''}",
         )
@@ -172,14 +200,16 @@ def _head_stage(model: nn.Module, prep: Prepared, config: TrainConfig) -> HeadSt
     train, val = prep.splits["train"], prep.splits["validation"]
     started = time.perf_counter()
     onnx = onnx_features(model, prep.preprocess, prep.device)
-    prep.precision = _choose_precision(model, prep, config, onnx)
+    # Rank 0 times the precisions; every rank must embed in the one it chose.
+    precision = _choose_precision(model, prep, config, onnx) if prep.procs.is_main else None
+    prep.precision = distributed.broadcast(precision, prep.procs) or FP32
     features = feature_extractor(model, prep.preprocess, prep.device, prep.precision, onnx)
     note(f"features: {features.engine} {prep.precision.name} ({prep.precision.reason})")
     log.info("features %s %s: %s", features.engine, prep.precision.name, prep.precision.reason)
     train_features = _train_features(features, prep, config)
     passes = len(train_features) // max(1, len(train))
     train_labels = torch.from_numpy(np.concatenate([train.labels] * passes))
-    val_features = features(val.eval_pixels, desc="features validation 1/1")
+    val_features = _embed(features, val.eval_pixels, prep, desc="features validation 1/1")
     fit = fit_head(
         train_features,
         train_labels,
@@ -215,7 +245,10 @@ def _head_stage(model: nn.Module, prep: Prepared, config: TrainConfig) -> HeadSt
 
 def _validate(model: nn.Module, prep: Prepared, desc: str) -> tuple[float, float]:
     val = prep.splits["validation"]
-    probs = predict_probs(model, val.eval_pixels, prep.preprocess, prep.device, desc=desc)
+    pixels = distributed.shard(val.eval_pixels, prep.procs)
+    probs = predict_probs(model, pixels, prep.preprocess, prep.device, desc=desc)
+    if prep.procs.enabled:
+        probs = distributed.gather_rows(torch.from_numpy(probs), len(val), prep.procs).numpy()
     picked = probs[np.arange(len(val.labels)), val.labels]
     loss = float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
     return float((probs.argmax(1) == val.labels).mean()), loss
@@ -253,11 +286,16 @@ def _finetune(
     resumed: dict[str, Any] | None,
     stop_after: int | None = None,
 ) -> LoopState:
+    procs = prep.procs
     frozen = freeze_early(model, config.freeze_blocks)
+    net = distributed.wrap(model, prep.device, procs)  # rank 0's weights on every rank
     optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.lr)
     train = prep.splits["train"]
     steps_per_epoch = max(1, len(train) // config.batch_size)
     rng = np.random.default_rng(config.seed)
+    if procs.enabled:  # each rank its own augmentation and dropout draws
+        rng = np.random.default_rng([config.seed, procs.rank])
+        torch.manual_seed(int(rng.integers(2**63)))
     state = FinetuneState(
         config=config,
         preprocess=prep.preprocess,
@@ -276,18 +314,28 @@ def _finetune(
         if state.ema is not None:
             state.ema.module.load_state_dict(resumed["ema"])
         state.step = resumed["step"]
-        rng.bit_generator.state = resumed["rng"]["numpy"]
-        torch.set_rng_state(resumed["rng"]["torch"])
+        if resumed["rng"] is not None:
+            rng.bit_generator.state = resumed["rng"]["numpy"]
+            torch.set_rng_state(resumed["rng"]["torch"])
     target = config.epochs if stop_after is None else min(config.epochs, loop.epoch + stop_after)
     while loop.epoch < target and loop.stale_epochs < config.patience:
         epoch = loop.epoch + 1
-        stats = train_epoch(
-            model,
-            optimizer,
-            train.train_images,
-            train.labels,
-            state,
-            f"epoch {epoch}/{config.epochs}",
+        batches = None
+        if procs.enabled:
+            batches = distributed.rank_batches(
+                len(train), config.batch_size, config.seed, epoch, procs
+            )
+        stats = _all_ranks(
+            train_epoch(
+                net,
+                optimizer,
+                train.train_images,
+                train.labels,
+                state,
+                f"epoch {epoch}/{config.epochs}",
+                batches,
+            ),
+            procs,
         )
         evaluated = state.evaluated(model)
         val_acc, val_loss = _validate(evaluated, prep, f"validate {epoch}/{config.epochs}")
@@ -321,20 +369,33 @@ def _finetune(
             loop.best_finetune_score, loop.stale_epochs = score, 0
         else:
             loop.stale_epochs += 1
-        _save_checkpoint(
-            checkpoint,
-            {
-                "config": config.to_dict(),
-                "labels": prep.dataset.classes,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "ema": None if state.ema is None else state.ema.module.state_dict(),
-                "step": state.step,
-                "rng": _rng_state(rng),
-                "loop": loop.__dict__,
-            },
-        )
+        payload = {
+            "config": config.to_dict(),
+            "labels": prep.dataset.classes,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "ema": None if state.ema is None else state.ema.module.state_dict(),
+            "step": state.step,
+            "rng": _rng_state(rng),
+            "loop": loop.__dict__,
+        }
+        if procs.enabled:  # every rank's generators, so a resumed run draws what it would have
+            payload["rank_rng"] = distributed.gather_objects(payload["rng"], procs)
+            payload["processes"] = procs.world_size
+        if procs.is_main:
+            _save_checkpoint(checkpoint, payload)
     return loop
+
+
+def _all_ranks(stats: EpochStats, procs: Processes) -> EpochStats:
+    """One epoch's loss and accuracy over every rank's images (this rank's in one process)."""
+    if not procs.enabled:
+        return stats
+    loss, correct, images = distributed.all_sum(
+        [stats.loss * stats.images, stats.accuracy * stats.images, float(stats.images)], procs
+    )
+    seen = max(1.0, images)
+    return dataclasses.replace(stats, loss=loss / seen, accuracy=correct / seen, images=int(images))
 
 
 def _load_checkpoint(path: Path, config: TrainConfig, labels: list[str]) -> dict[str, Any]:
@@ -460,15 +521,45 @@ def _release_train_pixels(prep: Prepared, config: TrainConfig) -> None:
         train.eval_pixels = np.empty((0, *train.eval_pixels.shape[1:]), dtype=np.uint8)
 
 
-def _resume(
-    model: nn.Module, checkpoint: Path, config: TrainConfig, labels: list[str]
-) -> dict[str, Any]:
-    """Load an interrupted run's checkpoint into ``model``; return the checkpoint."""
+def _read_checkpoint(checkpoint: Path, config: TrainConfig, labels: list[str]) -> dict[str, Any]:
     if not checkpoint.is_file():
         raise ConfigError(f"nothing to resume: {checkpoint} does not exist")
-    resumed = _load_checkpoint(checkpoint, config, labels)
-    model.load_state_dict(resumed["model"])
-    return resumed
+    return _load_checkpoint(checkpoint, config, labels)
+
+
+def _resume(
+    model: nn.Module, checkpoint: Path, config: TrainConfig, labels: list[str], procs: Processes
+) -> dict[str, Any]:
+    """Load an interrupted run's checkpoint into ``model``; return the checkpoint.
+
+    With several processes rank 0 reads it and sends it to the others (only rank 0 needs the
+    output folder); each rank takes back its own random-number state when the run has as many
+    processes as the interrupted one, and starts fresh generators otherwise.
+    """
+    if not procs.enabled:
+        resumed = _read_checkpoint(checkpoint, config, labels)
+        model.load_state_dict(resumed["model"])
+        return resumed
+    read: tuple[dict[str, Any] | None, str] = (None, "")
+    if procs.is_main:
+        try:
+            read = (_read_checkpoint(checkpoint, config, labels), "")
+        except ConfigError as exc:
+            read = (None, str(exc))
+    payload, error = distributed.broadcast(read, procs)
+    if payload is None:
+        raise ConfigError(error)
+    model.load_state_dict(payload["model"])
+    states = payload.get("rank_rng") or [payload["rng"]]
+    if len(states) == procs.world_size:
+        payload["rng"] = states[procs.rank]
+    else:
+        note(
+            f"resuming with {procs.world_size} processes where the checkpoint had {len(states)}: "
+            "random draws differ from those of an uninterrupted run"
+        )
+        payload["rng"] = None
+    return payload
 
 
 def _after_head(model: nn.Module, head: HeadStage) -> LoopState:
@@ -477,6 +568,23 @@ def _after_head(model: nn.Module, head: HeadStage) -> LoopState:
     loop.history.append(head.row)
     loop.best_score = (head.row["val_acc"], -head.row["val_loss"])
     return loop
+
+
+def _agree_on_resume(checkpoint: Path, resume: bool | Literal["auto"], procs: Processes) -> bool:
+    """Whether to resume: ``"auto"`` asks rank 0 whether there is a checkpoint.
+
+    Every process must do the same, or they would wait on each other forever: a run whose
+    processes were given different ``resume`` values is refused.
+    """
+    if resume == "auto":
+        found = checkpoint.is_file() if procs.is_main else None
+        resume = bool(distributed.broadcast(found, procs))
+        if resume:
+            note(f"resuming from {checkpoint}")
+        return resume
+    if len(set(distributed.gather_objects(resume, procs))) > 1:
+        raise ConfigError("resume was given to some training processes and not to others")
+    return resume
 
 
 def _training_record(
@@ -498,6 +606,7 @@ def _training_record(
         "precision": prep.precision.to_dict(),
         "image_size_reason": prep.image_size_reason,
         "threads": torch.get_num_threads(),
+        "processes": prep.procs.world_size,
         "torch_version": torch.__version__,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
     }
@@ -508,7 +617,7 @@ def train(
     out_dir: str | Path,
     config: TrainConfig | None = None,
     *,
-    resume: bool = False,
+    resume: bool | Literal["auto"] = False,
     report: bool = True,
     stop_after: int | None = None,
 ) -> TrainResult | None:
@@ -519,14 +628,16 @@ def train(
         out_dir: Bundle directory to write (``manifest.json``, ``model.pt``, ``history.json``,
             ``report/``).
         config: The recipe; defaults to :class:`TrainConfig`'s defaults.
-        resume: Continue an interrupted run from ``out_dir/checkpoint.pt``.
+        resume: Continue an interrupted run from ``out_dir/checkpoint.pt``; ``"auto"``: when
+            that file exists, else start afresh (for jobs that restart themselves).
         report: Also write the evaluation report (plots, per-class figures, mistakes).
         stop_after: Stop after this many fine-tuning epochs in this call, leaving the checkpoint
             for a later ``resume=True`` (time-boxed runs, e.g. on preemptible machines).
 
     Returns:
         The bundle, its metrics per split, and timings; None when ``stop_after`` stopped the run
-        before it finished.
+        before it finished, and in every process of a multi-process run but rank 0's (which
+        alone writes the bundle).
 
     Raises:
         DatasetError: The data cannot be used for training.
@@ -537,11 +648,31 @@ def train(
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    procs = distributed.from_env()
+    if not procs.is_main:
+        silence()  # rank 0 shows the progress
+    device = distributed.start(procs, config.threads)
+    try:
+        return _train(data, out, config, procs, device, started, resume, report, stop_after)
+    finally:
+        distributed.finish(procs)
+
+
+def _train(
+    data: str | Path | DatasetSplits,
+    out: Path,
+    config: TrainConfig,
+    procs: Processes,
+    device: torch.device | None,
+    started: float,
+    resume: bool | Literal["auto"],
+    report: bool,
+    stop_after: int | None,
+) -> TrainResult | None:
+    resume = _agree_on_resume(out / CHECKPOINT_NAME, resume, procs)
     seed_everything(config.seed)
     timings: dict[str, float] = {}
-    prep = prepare(data, config)
+    prep = prepare(data, config, device, procs)
     timings["load_and_decode_s"] = time.perf_counter() - started
     labels = prep.dataset.classes
     model_kwargs = {"drop_rate": config.drop_rate, "drop_path_rate": config.drop_path_rate}
@@ -549,8 +680,9 @@ def train(
     model = model.to(prep.device).to(memory_format=torch.channels_last)
     checkpoint = out / CHECKPOINT_NAME
     if resume:
-        prep.precision = _choose_precision(model, prep, config, None)  # recorded, not used
-        resumed = _resume(model, checkpoint, config, labels)
+        if procs.is_main:  # the bundle's writer
+            prep.precision = _choose_precision(model, prep, config, None)  # recorded, not used
+        resumed = _resume(model, checkpoint, config, labels, procs)
         loop, head_features, extract = LoopState(**resumed["loop"]), None, None
     else:
         mark = time.perf_counter()
@@ -565,6 +697,8 @@ def train(
     if loop.epoch < config.epochs and loop.stale_epochs < config.patience:
         log.info("stopped after epoch %d; continue with resume=True", loop.epoch)
         return None
+    if not procs.is_main:
+        return None  # rank 0 evaluates and writes the bundle
     if loop.best_state is not None:
         model.load_state_dict(loop.best_state)
     mark = time.perf_counter()
