@@ -48,6 +48,10 @@ KNOWN_SKIPS: dict[tuple[str, str], str] = {
     ("README.md", "imgclf data download clothing-small --dest datasets/clothing-small"): (
         "downloads the dataset; the docs tests put a tiny generated one in its place"
     ),
+    ("README.md", "imgclf data download intel-scenes --dest datasets/intel-scenes"): (
+        "downloads the Kaggle dataset (needs your API token) and trains on 14,000 photos; the"
+        " `imgclf train` block above runs the same steps on a tiny dataset"
+    ),
     ("README.md", "from imgclf import train_and_export"): (
         "trains for 27 minutes; the `imgclf train` block above runs the same steps"
     ),
