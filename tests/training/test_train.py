@@ -252,3 +252,52 @@ def test_eval_pixels_match_serving_preprocessing(color_dataset: Path, crop_mode:
     smaller = dataclasses.replace(config, input_size=32)
     decoded = decode_split(paths, [0] * 4, smaller, keep_train_images=True, workers=2)
     assert all(min(img.shape[:2]) == smaller.resize_size for img in decoded.train_images)
+
+
+def test_small_photos_are_kept_as_they_are_and_read_as_serving_pixels(tmp_path: Path) -> None:
+    """Photos smaller than the model input cost their own pixels, not the input's (CIFAR: 16x).
+
+    Large and small photos mixed, with a corrupt file between them: every way of reading gives
+    exactly what serving's preprocessing makes of each file, in the files' order.
+    """
+    from PIL import Image
+
+    from imgclf.preprocessing import PreprocessConfig, load_pixels
+    from imgclf.training.distributed import Processes, shard
+    from imgclf.training.images import decode_split
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for index, (width, height) in enumerate([(32, 32), (90, 70), (20, 40), (64, 64), (31, 33)]):
+        path = tmp_path / f"{index}.png"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    paths.insert(2, broken)
+    config = PreprocessConfig(input_size=64, crop_pct=0.875)
+    decoded = decode_split(paths, range(6), config, keep_train_images=True, workers=3)
+
+    good = [p for p in paths if p != broken]
+    assert decoded.paths == good and [f for f, _ in decoded.failed] == [broken]
+    assert decoded.labels.tolist() == [0, 1, 3, 4, 5]
+    expected = np.stack([load_pixels(p, config) for p in good])
+    pixels = decoded.eval_pixels
+    assert pixels.shape == expected.shape and len(pixels) == 5
+    np.testing.assert_array_equal(np.asarray(pixels), expected)
+    np.testing.assert_array_equal(pixels[1:4], expected[1:4])
+    np.testing.assert_array_equal(pixels[np.array([4, 1])], expected[[4, 1]])
+    np.testing.assert_array_equal(pixels[2], expected[2])
+    np.testing.assert_array_equal(pixels[:, :, ::-1], expected[:, :, ::-1])
+    np.testing.assert_array_equal(pixels[3, 5], expected[3, 5])
+    np.testing.assert_array_equal(pixels.subset(slice(1, None, 2))[:], expected[1::2])
+    ranked = shard(pixels, Processes(rank=1, world_size=2, local_rank=1))
+    np.testing.assert_array_equal(np.asarray(ranked), expected[1::2])
+    # Two photos of 64x64 or more hold a row each; the three small ones their own pixels.
+    assert pixels.nbytes == 2 * 64 * 64 * 3 + 3 * (32 * 32 + 20 * 40 + 31 * 33)
+    # A small photo's crop source is the very array its serving pixels come from.
+    small_sources = [image for image in decoded.train_images if image.size < 64 * 64 * 3]
+    assert len(small_sources) == 3
+    held = pixels._photos  # what the small photos' serving pixels are made from
+    assert all(any(np.shares_memory(s, photo) for photo in held) for s in small_sources)
+    assert pixels.emptied().shape == (0, 64, 64, 3) and pixels.emptied().nbytes == 0

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from imgclf.training.images import Pixels
 from imgclf.training.launch import launched, threads_per_process
 
 T = TypeVar("T")
@@ -100,9 +101,18 @@ def finish(procs: Processes) -> None:
         dist.destroy_process_group()
 
 
-def shard(rows: np.ndarray, procs: Processes) -> np.ndarray:
-    """This rank's rows: ``rank, rank + W, rank + 2W, ...`` (all of them in one process)."""
-    return rows[procs.rank :: procs.world_size] if procs.enabled else rows
+Rows = TypeVar("Rows", np.ndarray, Pixels)
+
+
+def shard(rows: Rows, procs: Processes) -> Rows:
+    """This rank's rows: ``rank, rank + W, rank + 2W, ...`` (all of them in one process).
+
+    A view either way: :class:`~imgclf.training.images.Pixels` are not read here.
+    """
+    if not procs.enabled:
+        return rows
+    every = slice(procs.rank, None, procs.world_size)
+    return rows.subset(every) if isinstance(rows, Pixels) else rows[every]
 
 
 def gather_rows(local: torch.Tensor, total: int, procs: Processes) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torch import nn
 
 from imgclf.preprocessing import PreprocessConfig
 from imgclf.progress import progress
-from imgclf.training.images import Augmenter, to_model_input
+from imgclf.training.images import Augmenter, PixelRows, to_model_input
 from imgclf.training.recipe import TrainConfig
 
 
@@ -180,7 +180,7 @@ class FinetuneState:
 @torch.inference_mode()
 def predict_probs(
     model: nn.Module,
-    pixels: np.ndarray,
+    pixels: PixelRows,
     config: PreprocessConfig,
     device: torch.device,
     batch_size: int = 64,

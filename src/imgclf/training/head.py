@@ -24,7 +24,7 @@ from imgclf.inference.runtimes import Runtime, open_runtime
 from imgclf.preprocessing import PreprocessConfig
 from imgclf.progress import progress
 from imgclf.torch_onnx import torch_to_onnx
-from imgclf.training.images import to_model_input
+from imgclf.training.images import PixelRows, to_model_input
 from imgclf.training.precision import FP32, Precision, Probe, autocast, timed_forward
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def _batches(total: int, size: int) -> Iterator[slice]:
 @torch.inference_mode()
 def embed(
     model: nn.Module,
-    pixels: np.ndarray,
+    pixels: PixelRows,
     config: PreprocessConfig,
     *,
     device: torch.device,
@@ -78,7 +78,7 @@ class Features(Protocol):
     #: Their precision and why it was chosen.
     precision: Precision
 
-    def __call__(self, pixels: np.ndarray, *, flip: bool = False, desc: str) -> torch.Tensor:
+    def __call__(self, pixels: PixelRows, *, flip: bool = False, desc: str) -> torch.Tensor:
         """Features of uint8 ``(N, H, W, 3)`` pixels (mirrored with ``flip``)."""
         ...
 
@@ -97,7 +97,7 @@ class TorchFeatures:
     ) -> None:
         self._model, self._config, self._device, self.precision = model, config, device, precision
 
-    def __call__(self, pixels: np.ndarray, *, flip: bool = False, desc: str) -> torch.Tensor:
+    def __call__(self, pixels: PixelRows, *, flip: bool = False, desc: str) -> torch.Tensor:
         """Features of uint8 ``(N, H, W, 3)`` pixels (see :func:`embed`)."""
         return embed(
             self._model,
@@ -168,7 +168,7 @@ class OnnxFeatures:
                 raise ExportError(str(exc)) from exc
 
     def __call__(
-        self, pixels: np.ndarray, *, flip: bool = False, desc: str, batch_size: int = 32
+        self, pixels: PixelRows, *, flip: bool = False, desc: str, batch_size: int = 32
     ) -> torch.Tensor:
         """Features of uint8 ``(N, H, W, 3)`` pixels, ``batch_size`` images per run."""
         chunks = []
@@ -223,7 +223,7 @@ def feature_extractor(
 
 def probe_for(
     model: nn.Module,
-    pixels: np.ndarray,
+    pixels: PixelRows,
     config: PreprocessConfig,
     device: torch.device,
     fp32: Features | None = None,

@@ -5,18 +5,24 @@ exactly once per run (in parallel threads; Pillow releases the GIL) and kept as 
 
 * ``eval_pixels``: the exact serving preprocessing (:func:`imgclf.preprocessing.resize_and_crop`
   after :func:`~imgclf.preprocessing.open_image`), used for features, validation and metrics, so
-  the numbers in the manifest are the numbers serving will see;
+  the numbers in the manifest are the numbers serving will see. A photo smaller than the model
+  input is kept as it is and resized when read (:class:`Pixels`): a 32 px CIFAR photo costs 3 KB
+  instead of the 48 KB of its 128 px model input;
 * ``train_images``: the image with its short side resized down to the pre-crop size (never up),
-  from which random crops are taken every epoch; only kept when fine-tuning will run.
+  from which random crops are taken every epoch; only kept when fine-tuning will run. A small
+  photo's crop source is the very array its ``eval_pixels`` keep.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +36,95 @@ from imgclf.progress import progress
 log = logging.getLogger(__name__)
 
 
+class Pixels:
+    """A split's serving-identical uint8 model inputs, ``(N, S, S, 3)``, held in the least memory.
+
+    A photo with at least ``S x S`` pixels is held as its model input (one row of ``rows``); a
+    smaller one as the decoded photo itself, put through the same
+    :func:`~imgclf.preprocessing.resize_and_crop` when read, which gives the very pixels that
+    resizing it at decode time would have (a fraction of a millisecond for a small photo).
+    Reading works as on an array: an index, a slice or an index array gives a uint8 ndarray, and
+    ``np.asarray(pixels)`` all of it; :meth:`subset` gives a view without reading.
+    """
+
+    def __init__(
+        self,
+        config: PreprocessConfig,
+        rows: np.ndarray,
+        photos: Sequence[np.ndarray],
+        where: np.ndarray,
+    ) -> None:
+        """Model inputs ``rows``, small ``photos``, and where each image is (row ``i >= 0``).
+
+        ``where[k] = i >= 0``: image ``k`` is ``rows[i]``; ``where[k] = i < 0``: it is photo
+        ``photos[-1 - i]``.
+        """
+        self.config = config
+        self._rows = rows
+        self._photos = list(photos)
+        self._where = where
+
+    @classmethod
+    def from_array(cls, pixels: np.ndarray, config: PreprocessConfig) -> Pixels:
+        """Pixels of model inputs already made, uint8 ``(N, S, S, 3)``."""
+        return cls(config, pixels, [], np.arange(len(pixels), dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(N, S, S, 3)``, as the array these pixels stand for."""
+        size = self.config.input_size
+        return len(self), size, size, 3
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the rows of large photos plus the small photos as they are."""
+        return int(self._rows.nbytes) + sum(int(photo.nbytes) for photo in self._photos)
+
+    def _model_input(self, where: int) -> np.ndarray:
+        if where >= 0:
+            row: np.ndarray = self._rows[where]
+            return row
+        photo = Image.fromarray(self._photos[-1 - where])
+        return np.asarray(resize_and_crop(photo, self.config), dtype=np.uint8)
+
+    def __getitem__(self, key: int | slice | np.ndarray | tuple[Any, ...]) -> np.ndarray:
+        """The model inputs of ``key`` (like indexing an array), as a new uint8 array."""
+        if isinstance(key, tuple):  # images first, then the rest of the index on their pixels
+            images, *rest = key
+            picked = self[images]
+            return picked[tuple(rest)] if np.ndim(self._where[images]) == 0 else picked[:, *rest]
+        where = self._where[key]
+        if np.ndim(where) == 0:
+            return np.array(self._model_input(int(where)))
+        if len(where) and where.min() >= 0:
+            gathered: np.ndarray = self._rows[where]  # every one a row: one gather
+            return gathered
+        out = np.empty((len(where), *self.shape[1:]), dtype=np.uint8)
+        for i, index in enumerate(where.tolist()):
+            out[i] = self._model_input(index)
+        return out
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """All the model inputs, for ``np.asarray``."""
+        pixels = self[:]
+        return pixels if dtype is None else pixels.astype(dtype)
+
+    def subset(self, key: slice | np.ndarray) -> Pixels:
+        """A view of the images ``key`` selects, sharing this one's memory (nothing is read)."""
+        return Pixels(self.config, self._rows, self._photos, self._where[key])
+
+    def emptied(self) -> Pixels:
+        """No images, holding nothing: for freeing a split's pixels once they are not needed."""
+        return Pixels.from_array(np.empty((0, *self.shape[1:]), dtype=np.uint8), self.config)
+
+
+#: What the feature and prediction passes read pixels from: an array or :class:`Pixels`.
+PixelRows = np.ndarray | Pixels
+
+
 @dataclass
 class DecodedSplit:
     """The images of one split, decoded once.
@@ -37,14 +132,14 @@ class DecodedSplit:
     Attributes:
         paths: Source file of each image.
         labels: Class index of each image, int64 ``(N,)``.
-        eval_pixels: Serving-identical model inputs, uint8 ``(N, S, S, 3)``.
+        eval_pixels: Serving-identical model inputs, uint8 ``(N, S, S, 3)`` when read.
         train_images: Short-side-resized images for random crops (empty if not kept).
         failed: Files that could not be decoded now (changed since they were checked), with why.
     """
 
     paths: list[Path]
     labels: np.ndarray
-    eval_pixels: np.ndarray
+    eval_pixels: Pixels
     train_images: list[np.ndarray] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
@@ -79,20 +174,34 @@ def decode_split(
 ) -> DecodedSplit:
     """Decode images in parallel into serving-identical pixels (and crop sources if asked).
 
-    Each worker writes its image straight into one preallocated uint8 array, so memory never
-    holds more than the final ``N x S x S x 3`` bytes (plus the crop sources); see
-    docs/design.md, "Training memory". Files that fail now are reported in ``failed`` and left
-    out, never fatal.
+    A large photo's worker writes its model input straight into the next free row of one
+    preallocated uint8 array, whose pages are only touched row by row (rows left unused never
+    take memory); a photo with fewer pixels than the model input is kept as it is (see
+    :class:`Pixels`). Memory thus holds ``3 min(S^2, w h)`` bytes per image plus the crop sources;
+    see docs/design.md, "Training memory". Files that fail now are reported in ``failed`` and
+    left out, never fatal.
     """
     size = config.input_size
-    pixels = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    rows = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    row_of = np.full(len(paths), -1, dtype=np.int64)
+    photos: dict[int, np.ndarray] = {}
+    next_row = itertools.count()
+    lock = threading.Lock()
 
     def decode(index: int) -> np.ndarray | str | None:
         try:
             image = open_image(paths[index], draft_size=config.resize_size)
         except ImgclfError as exc:
             return str(exc)
-        pixels[index] = np.asarray(resize_and_crop(image, config), dtype=np.uint8)
+        if image.width * image.height < size * size:
+            photo = np.array(image, dtype=np.uint8)
+            photos[index] = photo
+            return photo if keep_train_images else None
+        pixels = np.asarray(resize_and_crop(image, config), dtype=np.uint8)
+        with lock:
+            row = next(next_row)
+        rows[row] = pixels
+        row_of[index] = row
         return _short_side_resize(image, config.resize_size, config) if keep_train_images else None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -107,15 +216,19 @@ def decode_split(
             failed.append((paths[index], result))
         else:
             kept.append(index)
-    if failed:  # close the gaps in place: no second copy of the array
-        for row, index in enumerate(kept):
-            pixels[row] = pixels[index]
-        pixels = pixels[: len(kept)]
+    small = [index for index in kept if index in photos]
+    photo_number = {index: number for number, index in enumerate(small)}
+    where = np.asarray(
+        [row_of[i] if i not in photo_number else -1 - photo_number[i] for i in kept],
+        dtype=np.int64,
+    )
+    used = len(kept) - len(small)
+    rows = rows[:used] if used else np.empty((0, size, size, 3), dtype=np.uint8)
     sources = [r for r in results if isinstance(r, np.ndarray)]
     return DecodedSplit(
         [paths[i] for i in kept],
         np.asarray([labels[i] for i in kept], dtype=np.int64),
-        pixels,
+        Pixels(config, rows, [photos[i] for i in small], where),
         sources,
         failed,
     )

@@ -51,7 +51,7 @@ from imgclf.training.head import (
     onnx_features,
     probe_for,
 )
-from imgclf.training.images import Augmenter, DecodedSplit, decode_split
+from imgclf.training.images import Augmenter, DecodedSplit, Pixels, decode_split
 from imgclf.training.precision import FP32, Precision, choose_precision
 from imgclf.training.recipe import TrainConfig
 from imgclf.training.resolution import choose_image_size, median_short_side
@@ -174,7 +174,7 @@ class HeadStage:
     extract: Features | None = None
 
 
-def _embed(features: Features, pixels: np.ndarray, prep: Prepared, **options: Any) -> torch.Tensor:
+def _embed(features: Features, pixels: Pixels, prep: Prepared, **options: Any) -> torch.Tensor:
     """``features`` of every row of ``pixels``: each rank computes its shard, all get all rows."""
     local = features(distributed.shard(pixels, prep.procs), **options)
     return distributed.gather_rows(local, len(pixels), prep.procs)
@@ -518,7 +518,7 @@ def _release_train_pixels(prep: Prepared, config: TrainConfig) -> None:
     """
     train = prep.splits["train"]
     if config.epochs > 0 and not config.eval_train:
-        train.eval_pixels = np.empty((0, *train.eval_pixels.shape[1:]), dtype=np.uint8)
+        train.eval_pixels = train.eval_pixels.emptied()
 
 
 def _read_checkpoint(checkpoint: Path, config: TrainConfig, labels: list[str]) -> dict[str, Any]:
