@@ -208,7 +208,8 @@ def kill_a_classifier_mid_run(cluster: Cluster, out: Path, driver: subprocess.Po
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and driver.poll() is None:
         written = out.read_text().count("\n") if out.exists() else 0
-        workers = cluster.worker_pids("ray::MapWorker(MapBatches(Classifier))")
+        # The read is fused into the actors: no task workers beside them.
+        workers = cluster.worker_pids("ray::MapWorker(MapBatches(read_inputs)->MapBatches(Classi")
         if 0 < written < 250 and workers:
             os.kill(workers[0], signal.SIGKILL)
             return True

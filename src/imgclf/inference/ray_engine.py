@@ -2,13 +2,19 @@
 
 A thin adapter over the core every other entry point uses. The pipeline::
 
-    from_items(paths) -> map_batches(read_inputs)            Ray tasks: read the bytes (files,
-                                                             s3://, http(s)://), size-capped
+    from_items(paths) -> map_batches(read_inputs)            read the bytes (files, s3://,
+                                                             http(s)://), size-capped
                       -> map_batches(Classifier, ActorPoolStrategy(min, max), num_cpus=c)
                                                              actors: one Predictor each, c
                                                              runtime threads; decode + predict
                                                              with imgclf.inference.batch
                       -> iter_batches on the driver          rows appended to the output
+
+The read asks for the same resources as the actors, so Ray Data fuses it into them: each actor
+reads its own batches (URLs several at a time), and no task workers are started beside the pool.
+With the read in separate tasks the same job ran about 4x slower on 2 cores (33 against 130
+images/s: every task worker is a Python process to start), and read tasks that reserved a CPU
+could wait for ever on a cluster whose CPUs the actors hold.
 
 Each actor fetches the model itself (:func:`~imgclf.inference.bundle_source.fetch_bundle`: once
 per node, into its cache), so a remote model URI works on every node. Preprocessing comes from the
@@ -22,6 +28,7 @@ output (an earlier, interrupted run) are not submitted again.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,22 +81,31 @@ def parse_actors(text: str) -> tuple[int, int]:
     return bounds
 
 
+#: URLs of one batch fetched at once: object stores answer each GET in tens of milliseconds.
+FETCH_CONCURRENCY = 8
+
+
 def read_inputs(batch: dict[str, np.ndarray], max_bytes: int) -> dict[str, np.ndarray]:
-    """Ray task: the bytes of each input, or why they cannot be read (never raises)."""
+    """The bytes of each input, or why they cannot be read (never raises), in the batch's order."""
     fetch = source_fetcher(max_bytes)
-    data: list[bytes] = []
-    errors: list[str | None] = []
-    for path, fetched in zip(batch["path"], batch["fetched"], strict=True):
+
+    def read(source: tuple[Any, Any]) -> tuple[bytes, str | None]:
+        path, fetched = str(source[0]), bool(source[1])
         try:
-            data.append(fetch(str(path)) if fetched else _read_file(Path(str(path)), max_bytes))
-            errors.append(None)
+            return (fetch(path) if fetched else _read_file(Path(path), max_bytes)), None
         except (InputError, OSError) as exc:
-            data.append(b"")
-            errors.append(_describe(str(path), exc))
+            return b"", _describe(path, exc)
+
+    sources = list(zip(batch["path"], batch["fetched"], strict=True))
+    if any(fetched for _, fetched in sources):
+        with ThreadPoolExecutor(FETCH_CONCURRENCY, thread_name_prefix="imgclf-fetch") as pool:
+            results = list(pool.map(read, sources))
+    else:  # local files: reading them is quicker than starting threads
+        results = [read(source) for source in sources]
     return {
         "path": batch["path"],
-        "data": np.array(data, dtype=object),
-        "error": np.array(errors, dtype=object),
+        "data": np.array([data for data, _ in results], dtype=object),
+        "error": np.array([error for _, error in results], dtype=object),
     }
 
 
@@ -205,9 +221,8 @@ def _pipeline(
         read_inputs,
         fn_kwargs={"max_bytes": opts.max_input_bytes},
         batch_size=opts.batch_size,
-        # Reading waits on storage, not on a core: reserving CPUs for it could leave none free
-        # once the actors hold theirs (a deadlock on a small cluster).
-        num_cpus=0,
+        # The actors' resources and batch size: Ray Data fuses the read into the actor pool.
+        num_cpus=opts.actor_cpus,
     )
     return dataset.map_batches(
         Classifier,
