@@ -101,6 +101,49 @@ def test_cli_refuses_a_non_number(color_dataset: Path, capsys: pytest.CaptureFix
     assert "--nproc: invalid int value: 'two'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("gpus", [True, False])
+def test_each_process_joins_nccl_on_its_own_gpu_or_gloo_on_cpus(
+    monkeypatch: pytest.MonkeyPatch, gpus: bool
+) -> None:
+    """The backend and device choice (no GPU here: CUDA and the process group are faked).
+
+    The gloo path runs for real in the end-to-end tests below; NCCL needs GPUs, so this checks
+    what rank 1 of 2 asks torch for when it has them: NCCL bound to GPU ``local_rank``, and a
+    DistributedDataParallel with that one device.
+    """
+    import torch
+    import torch.distributed as dist
+
+    from imgclf.training import distributed
+
+    joined: list[tuple[str, object]] = []
+    chosen: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(
+        dist, "init_process_group", lambda backend, device_id: joined.append((backend, device_id))
+    )
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    procs = distributed.Processes(rank=1, world_size=2, local_rank=1, local_world_size=2)
+    device = distributed.start(procs, threads=1)
+    if gpus:
+        assert device == torch.device("cuda", 1) and chosen == [device]
+        assert joined == [("nccl", device)]
+    else:
+        assert device == torch.device("cpu") and chosen == []
+        assert joined == [("gloo", None)]
+    wrapped: list[object] = []
+
+    class FakeDDP:
+        def __init__(self, model: object, device_ids: object) -> None:
+            wrapped.append(device_ids)
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", FakeDDP)
+    distributed.wrap(torch.nn.Linear(2, 2), device, procs)
+    assert wrapped == [[1] if gpus else None]
+
+
 def test_rank_batches_split_every_epoch_between_the_ranks() -> None:
     from imgclf.training.distributed import Processes, rank_batches
 
