@@ -287,6 +287,9 @@ def test_small_photos_are_kept_as_they_are_and_read_as_serving_pixels(tmp_path: 
     np.testing.assert_array_equal(np.asarray(pixels), expected)
     np.testing.assert_array_equal(pixels[1:4], expected[1:4])
     np.testing.assert_array_equal(pixels[np.array([4, 1])], expected[[4, 1]])
+    np.testing.assert_array_equal(pixels[[0, 2]], expected[[0, 2]])
+    mask = np.array([1, 0, 1, 1, 0], dtype=bool)
+    np.testing.assert_array_equal(pixels[mask], expected[mask])
     np.testing.assert_array_equal(pixels[2], expected[2])
     np.testing.assert_array_equal(pixels[:, :, ::-1], expected[:, :, ::-1])
     np.testing.assert_array_equal(pixels[3, 5], expected[3, 5])
@@ -301,3 +304,11 @@ def test_small_photos_are_kept_as_they_are_and_read_as_serving_pixels(tmp_path: 
     held = pixels._photos  # what the small photos' serving pixels are made from
     assert all(any(np.shares_memory(s, photo) for photo in held) for s in small_sources)
     assert pixels.emptied().shape == (0, 64, 64, 3) and pixels.emptied().nbytes == 0
+    # Keys an array would read otherwise are refused, never answered wrongly.
+    for key in [(Ellipsis, slice(None, None, -1)), ([0, 1], [2, 3]), None, np.zeros((2, 2), int)]:
+        with pytest.raises(TypeError):
+            pixels[key]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        pixels.subset(1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="copy"):
+        np.asarray(pixels, copy=False)

@@ -90,13 +90,29 @@ class Pixels:
         photo = Image.fromarray(self._photos[-1 - where])
         return np.asarray(resize_and_crop(photo, self.config), dtype=np.uint8)
 
+    def _images(self, key: Any) -> np.ndarray:
+        """``where`` of the images ``key`` selects: an int, a slice or a 1-D index/mask array."""
+        if key is Ellipsis or key is None or isinstance(key, tuple):
+            raise TypeError(f"Pixels select images by an int, a slice or a 1-D array, not {key!r}")
+        where: np.ndarray = np.asarray(self._where[key])
+        if where.ndim > 1:
+            raise TypeError("Pixels select images by a 1-D index array")
+        return where
+
     def __getitem__(self, key: int | slice | np.ndarray | tuple[Any, ...]) -> np.ndarray:
-        """The model inputs of ``key`` (like indexing an array), as a new uint8 array."""
+        """The model inputs of ``key`` (like indexing an array), as a new uint8 array.
+
+        The first part of ``key`` selects images (an int, a slice or a 1-D index or mask array);
+        the rest, if any, ints and slices within their pixels (``pixels[:, :, ::-1]`` mirrors
+        them). Other keys raise ``TypeError`` rather than mean something else than on an array.
+        """
         if isinstance(key, tuple):  # images first, then the rest of the index on their pixels
             images, *rest = key
+            if not all(isinstance(part, int | slice) for part in rest):
+                raise TypeError("within the images, Pixels take ints and slices only")
             picked = self[images]
-            return picked[tuple(rest)] if np.ndim(self._where[images]) == 0 else picked[:, *rest]
-        where = self._where[key]
+            return picked[tuple(rest)] if np.ndim(self._images(images)) == 0 else picked[:, *rest]
+        where = self._images(key)
         if np.ndim(where) == 0:
             return np.array(self._model_input(int(where)))
         if len(where) and where.min() >= 0:
@@ -108,13 +124,18 @@ class Pixels:
         return out
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        """All the model inputs, for ``np.asarray``."""
+        """All the model inputs, for ``np.asarray`` (always a new array: made when read)."""
+        if copy is False:
+            raise ValueError("Pixels are made when read: they cannot be had without a copy")
         pixels = self[:]
         return pixels if dtype is None else pixels.astype(dtype)
 
     def subset(self, key: slice | np.ndarray) -> Pixels:
         """A view of the images ``key`` selects, sharing this one's memory (nothing is read)."""
-        return Pixels(self.config, self._rows, self._photos, self._where[key])
+        where = self._images(key)
+        if np.ndim(where) == 0:
+            raise TypeError("Pixels.subset takes a slice or a 1-D array, not an int")
+        return Pixels(self.config, self._rows, self._photos, where)
 
     def emptied(self) -> Pixels:
         """No images, holding nothing: for freeing a split's pixels once they are not needed."""
