@@ -84,11 +84,11 @@ def report(results: list[tuple[str, float]], images: int, load: str) -> str:
         " weighs less the more images a job has. Ray Data fuses the read into the actors (it asks"
         " for their resources), so no task workers run beside them.\n\n"
         f"Sizing: here one Ray actor (1 CPU, 1 thread) classifies about {one_actor:.1f} images/s,"
-        f" so N worker nodes of C cores give about N x C x {one_actor:.1f} images/s while S3"
-        " reads and JPEG decoding keep up: each actor reads (URLs 8 at a time) and decodes its"
-        " own images, so both scale with the actors until the bucket's request rate or the"
-        " nodes' network is the limit. Re-measure on an idle node before sizing a cluster from"
-        " this figure."
+        f" so N worker nodes of C cores give about N x C x {one_actor:.1f} images/s while"
+        " reads keep up. These photos were local files: each actor reads its batch (URLs 8 at a"
+        " time) before it decodes and classifies it, so with S3 or HTTP sources every batch"
+        " also waits one round of fetches, unmeasured here; more actors than cores hide that"
+        " wait. Re-measure on your nodes and storage before sizing a cluster from this figure."
     )
 
 
