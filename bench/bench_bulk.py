@@ -87,8 +87,8 @@ def report(results: list[tuple[str, float]], images: int, load: str) -> str:
         f" so N worker nodes of C cores give about N x C x {one_actor:.1f} images/s while"
         " reads keep up. These photos were local files: each actor reads its batch (URLs 8 at a"
         " time) before it decodes and classifies it, so with S3 or HTTP sources every batch"
-        " also waits one round of fetches, unmeasured here; more actors than cores hide that"
-        " wait. Re-measure on your nodes and storage before sizing a cluster from this figure."
+        " also waits one round of fetches, which was not measured here. Re-measure on your"
+        " nodes and storage before sizing a cluster from this figure."
     )
 
 
