@@ -110,8 +110,8 @@ class Pixels:
             images, *rest = key
             if not all(isinstance(part, int | slice) for part in rest):
                 raise TypeError("within the images, Pixels take ints and slices only")
-            picked = self[images]
-            return picked[tuple(rest)] if np.ndim(self._images(images)) == 0 else picked[:, *rest]
+            picked = self[images]  # one image (H, W, 3) or several (N, H, W, 3)
+            return picked[tuple(rest)] if picked.ndim == 3 else picked[:, *rest]
         where = self._images(key)
         if np.ndim(where) == 0:
             return np.array(self._model_input(int(where)))
@@ -237,19 +237,16 @@ def decode_split(
             failed.append((paths[index], result))
         else:
             kept.append(index)
-    small = [index for index in kept if index in photos]
-    photo_number = {index: number for number, index in enumerate(small)}
-    where = np.asarray(
-        [row_of[i] if i not in photo_number else -1 - photo_number[i] for i in kept],
-        dtype=np.int64,
-    )
-    used = len(kept) - len(small)
+    where = row_of[kept]  # a row for each large photo, -1 for each small one
+    small = where < 0
+    where[small] = -1 - np.arange(int(small.sum()))  # the small photos, numbered in order
+    used = len(where) - int(small.sum())
     rows = rows[:used] if used else np.empty((0, size, size, 3), dtype=np.uint8)
     sources = [r for r in results if isinstance(r, np.ndarray)]
     return DecodedSplit(
         [paths[i] for i in kept],
         np.asarray([labels[i] for i in kept], dtype=np.int64),
-        Pixels(config, rows, [photos[i] for i in small], where),
+        Pixels(config, rows, [photos[i] for i in np.asarray(kept)[small]], where),
         sources,
         failed,
     )
