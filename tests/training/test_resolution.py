@@ -8,7 +8,7 @@ import pytest
 
 from imgclf.bundle import load_bundle
 from imgclf.cli import main
-from imgclf.training.resolution import choose_image_size, median_short_side
+from imgclf.training.resolution import choose_epochs, choose_image_size, median_short_side
 
 
 @pytest.mark.parametrize(
@@ -21,6 +21,18 @@ def test_size_rule(short_side: int | None, expected: int) -> None:
     assert ("224 px" in reason) and (str(short_side) in reason or short_side is None)
     # The backbone's own size is never described as an upscale of the photos.
     assert (size == 224) == reason.startswith("the backbone's pretrained size")
+
+
+@pytest.mark.parametrize(
+    ("image_size", "expected"), [(224, 8), (256, 8), (192, 11), (160, 16), (128, 24), (96, 32)]
+)
+def test_epochs_rule_keeps_the_pixels_of_eight_epochs_at_the_backbone_size(
+    image_size: int, expected: int
+) -> None:
+    epochs, reason = choose_epochs(image_size, 224)
+    assert epochs == expected
+    assert ("fewer pixels" in reason) == (image_size < 224)
+    assert ("at most 32" in reason) == (image_size == 96)  # 43.6 epochs' pixels, capped
 
 
 def test_median_short_side_reads_headers_and_skips_broken_files(tmp_path: Path) -> None:
@@ -51,3 +63,21 @@ def test_small_photos_train_and_serve_at_a_small_size(tmp_path: Path) -> None:
     chosen = load_bundle(tmp_path / "set")
     assert chosen.preprocess_config.input_size == 64
     assert chosen.manifest.training["image_size_reason"] == "--image-size given"
+
+
+@pytest.mark.slow  # trains a model: seconds
+def test_small_photos_get_the_longer_schedule_unless_epochs_are_given(tmp_path: Path) -> None:
+    from imgtools import write_color_dataset
+
+    data = write_color_dataset(tmp_path / "tiny", per_class=4, size=(32, 32))
+    common = [str(data), "--batch-size", "4", "--threads", "2", "--no-report", "--no-export"]
+    # Patience 1 ends the 24-epoch schedule as soon as validation stops improving.
+    assert main(["train", *common, "-o", str(tmp_path / "auto"), "--patience", "1"]) == 0
+    training = load_bundle(tmp_path / "auto").manifest.training
+    assert training["epochs"] == 24
+    assert "spent at 128 px" in training["epochs_reason"]
+    assert 1 <= training["epochs_run"] < 24
+    assert main(["train", *common, "-o", str(tmp_path / "set"), "--epochs", "1"]) == 0
+    training = load_bundle(tmp_path / "set").manifest.training
+    assert (training["epochs"], training["epochs_reason"]) == (1, "--epochs given")
+    assert training["epochs_run"] == 1

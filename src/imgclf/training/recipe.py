@@ -43,7 +43,9 @@ class TrainConfig:
             resizes the whole image to a square, so nothing is cut off (a 3:4 portrait photo
             loses the top and bottom eighth of its height to a centre crop); None takes the
             backbone's ImageNet value (``center`` for the Lite family).
-        epochs: Maximum fine-tuning epochs (0 trains the head only).
+        epochs: Maximum fine-tuning epochs (0 trains the head only); None takes 8, or more for
+            small photos trained below the backbone's size (see
+            :func:`imgclf.training.resolution.choose_epochs`).
         batch_size: Images per optimisation step.
         lr: Peak learning rate of the head and the last block; earlier blocks get
             ``lr * layer_decay ** depth``.
@@ -84,7 +86,7 @@ class TrainConfig:
     train_size: int | None = None
     crop_pct: float | None = 1.0
     crop_mode: CropMode | None = None
-    epochs: int = 8
+    epochs: int | None = None
     batch_size: int = 32
     lr: float = 1e-3
     layer_decay: float = 0.75
@@ -114,7 +116,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.backbone = resolve_backbone(self.backbone)
         checks = [
-            (self.epochs >= 0, "epochs must be >= 0"),
+            (self.epochs is None or self.epochs >= 0, "epochs must be >= 0"),
             (
                 self.batch_size >= 2,
                 "batch_size must be >= 2 (batch norm needs more than one image)",

@@ -54,7 +54,7 @@ from imgclf.training.head import (
 from imgclf.training.images import Augmenter, DecodedSplit, Pixels, decode_split
 from imgclf.training.precision import FP32, Precision, choose_precision
 from imgclf.training.recipe import TrainConfig
-from imgclf.training.resolution import choose_image_size, median_short_side
+from imgclf.training.resolution import choose_epochs, choose_image_size, median_short_side
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,8 @@ class Prepared:
     splits: dict[str, DecodedSplit]
     device: torch.device
     image_size_reason: str = ""
+    epochs: int = 0
+    epochs_reason: str = ""
     precision: Precision = FP32
     procs: Processes = SINGLE
 
@@ -141,13 +143,18 @@ def prepare(
             [r.path for r in records],
             [r.label for r in records],
             preprocess,
-            keep_train_images=name == "train" and config.epochs > 0,
+            keep_train_images=name == "train" and config.epochs != 0,
             workers=config.workers,
             desc=f"decode {index}/{count} splits ({name})",
         )
         for index, (name, records) in enumerate(dataset.splits.items(), start=1)
     }
     train_size = config.resolved_train_size(preprocess.input_size)
+    epochs, epochs_reason = config.epochs, "--epochs given"
+    if epochs is None:
+        backbone_size = default_preprocess_config(config.backbone).input_size
+        epochs, epochs_reason = choose_epochs(preprocess.input_size, backbone_size)
+    note(f"fine-tuning: up to {epochs} epochs ({epochs_reason})")
     return Prepared(
         dataset,
         preprocess,
@@ -155,6 +162,8 @@ def prepare(
         decoded,
         device or pick_device(),
         size_reason,
+        epochs,
+        epochs_reason,
         procs=procs,
     )
 
@@ -240,7 +249,7 @@ def _head_stage(model: nn.Module, prep: Prepared, config: TrainConfig) -> HeadSt
         return HeadStage(row)  # reduced-precision features differ from what serving computes
     cached = {"train": train_features[: len(train)], "validation": val_features}
     # Fine-tuning will change the network: its extractor would be stale by the final evaluation.
-    return HeadStage(row, cached, features if config.epochs == 0 else None)
+    return HeadStage(row, cached, features if prep.epochs == 0 else None)
 
 
 def _validate(model: nn.Module, prep: Prepared, desc: str) -> tuple[float, float]:
@@ -303,7 +312,7 @@ def _finetune(
         frozen=frozen,
         device=prep.device,
         rng=rng,
-        total_steps=steps_per_epoch * config.epochs,
+        total_steps=steps_per_epoch * prep.epochs,
         warmup_steps=round(steps_per_epoch * config.warmup_epochs),
         ema=ModelEmaV3(model, decay=config.ema_decay, use_warmup=True)
         if config.ema_decay
@@ -317,7 +326,7 @@ def _finetune(
         if resumed["rng"] is not None:
             rng.bit_generator.state = resumed["rng"]["numpy"]
             torch.set_rng_state(resumed["rng"]["torch"])
-    target = config.epochs if stop_after is None else min(config.epochs, loop.epoch + stop_after)
+    target = prep.epochs if stop_after is None else min(prep.epochs, loop.epoch + stop_after)
     while loop.epoch < target and loop.stale_epochs < config.patience:
         epoch = loop.epoch + 1
         batches = None
@@ -332,13 +341,13 @@ def _finetune(
                 train.train_images,
                 train.labels,
                 state,
-                f"epoch {epoch}/{config.epochs}",
+                f"epoch {epoch}/{prep.epochs}",
                 batches,
             ),
             procs,
         )
         evaluated = state.evaluated(model)
-        val_acc, val_loss = _validate(evaluated, prep, f"validate {epoch}/{config.epochs}")
+        val_acc, val_loss = _validate(evaluated, prep, f"validate {epoch}/{prep.epochs}")
         loop.history.append(
             {
                 "epoch": epoch,
@@ -353,7 +362,7 @@ def _finetune(
         )
         # Beside the progress bars (stderr), one line per epoch stays on screen.
         note(
-            f"epoch {epoch}/{config.epochs}: train loss {stats.loss:.4f} acc {stats.accuracy:.3f}"
+            f"epoch {epoch}/{prep.epochs}: train loss {stats.loss:.4f} acc {stats.accuracy:.3f}"
             f" | val loss {val_loss:.4f} acc {val_acc:.4f}"
             f"{' (moving average)' if state.ema is not None else ''} | {stats.seconds:.0f} s"
         )
@@ -517,7 +526,7 @@ def _release_train_pixels(prep: Prepared, config: TrainConfig) -> None:
     Freeing them before the training activations are allocated lowers the run's peak memory.
     """
     train = prep.splits["train"]
-    if config.epochs > 0 and not config.eval_train:
+    if prep.epochs > 0 and not config.eval_train:
         train.eval_pixels = train.eval_pixels.emptied()
 
 
@@ -605,6 +614,8 @@ def _training_record(
         "device": str(prep.device),
         "precision": prep.precision.to_dict(),
         "image_size_reason": prep.image_size_reason,
+        "epochs": prep.epochs,
+        "epochs_reason": prep.epochs_reason,
         "threads": torch.get_num_threads(),
         "processes": prep.procs.world_size,
         "torch_version": torch.__version__,
@@ -694,7 +705,7 @@ def _train(
     mark = time.perf_counter()
     loop = _finetune(model, prep, config, loop, checkpoint, resumed, stop_after)
     timings["finetune_s"] = time.perf_counter() - mark
-    if loop.epoch < config.epochs and loop.stale_epochs < config.patience:
+    if loop.epoch < prep.epochs and loop.stale_epochs < config.patience:
         log.info("stopped after epoch %d; continue with resume=True", loop.epoch)
         return None
     if not procs.is_main:
