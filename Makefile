@@ -47,9 +47,14 @@ install-serve: $(BIN)/python
 serve: install-serve
 	$(BIN)/imgclf serve --host $(HOST) --port $(PORT)
 
+# Everything but torch comes from a hash-checked lock (deploy/locks/dev.txt, from the same extras
+# as DEV_EXTRAS), so CI and every developer test the same versions the images run.
+DEV_EXTRAS := serve,grpc,lambda,train,ray,s3,dev
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e '.[serve,grpc,lambda,train,ray,s3,dev]'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r deploy/locks/dev.txt
+	$(BIN)/pip install --quiet --no-deps -e '.[$(DEV_EXTRAS)]'
+	$(BIN)/pip check
 
 test: install-dev
 	$(BIN)/python -m pytest
@@ -103,9 +108,12 @@ format: install-dev
 	$(BIN)/ruff check --fix .
 
 # The images' hash-checked dependency locks (deploy/locks), after editing pyproject.toml's
-# dependencies; tests/deploy/test_deploy_locks.py fails until they are current.
-lock: install-dev
-	UV=$(BIN)/uv deploy/locks/update.sh
+# dependencies; tests/deploy/test_deploy_locks.py fails until they are current. Only uv is needed:
+# install-dev itself installs from the lock, which may be the stale one. Pins still allowed are
+# kept; LOCK_ARGS=--upgrade moves every pin to the newest release allowed.
+lock: $(BIN)/python
+	$(BIN)/pip install --quiet 'uv>=0.5'
+	UV=$(BIN)/uv TORCH_PINS="$(TORCH_PINS)" deploy/locks/update.sh $(LOCK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TFLITE_VENV) $(TFSERVING_VENV) build dist .pytest_cache .mypy_cache .ruff_cache

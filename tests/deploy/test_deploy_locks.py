@@ -1,4 +1,4 @@
-"""The image locks (deploy/locks): current with pyproject.toml, hashed, and what the images install.
+"""The locks (deploy/locks): current with pyproject.toml, hashed, and what images and CI install.
 
 A lock is stale when pyproject.toml asks for something it does not pin: a new dependency, a
 raised floor, or a dependency gone from pyproject.toml that the lock still installs as a direct
@@ -26,9 +26,13 @@ LOCK_EXTRAS: dict[str, tuple[str, ...]] = {
     "serve.txt": ("serve", "grpc", "s3"),
     "lambda.txt": ("lambda",),
     "train.txt": ("train",),
+    # `make install-dev` (tests and CI); kaggle comes in through the dev extra's imgclf[kaggle].
+    "dev.txt": ("serve", "grpc", "lambda", "train", "ray", "s3", "dev", "kaggle"),
 }
-#: Installed from PyTorch's CPU index at the versions in train-torch.txt, not from train.txt.
+#: Installed by version, not from train.txt or dev.txt: the training image takes them from
+#: PyTorch's CPU index (train-torch.txt), `make install-dev` from the Makefile's TORCH_PINS.
 TORCH = frozenset({"torch", "torchvision"})
+MAKEFILE = REPO_ROOT / "Makefile"
 #: Dockerfile -> the locks it installs.
 IMAGE_LOCKS: dict[Path, tuple[str, ...]] = {
     DOCKER_DIR / "serve.Dockerfile": ("serve.txt", "build.txt"),
@@ -103,7 +107,7 @@ def direct_requirements(pyproject: dict[str, Any], extras: tuple[str, ...]) -> l
 def stale_reasons(pyproject: dict[str, Any], lock: str) -> list[str]:
     """Why ``lock`` does not match ``pyproject`` (empty: it is current)."""
     pins = parse_lock(LOCKS / lock)
-    left_out = TORCH if lock == "train.txt" else frozenset()
+    left_out = TORCH if lock in ("train.txt", "dev.txt") else frozenset()
     wanted = [
         r for r in direct_requirements(pyproject, LOCK_EXTRAS[lock]) if r.name not in left_out
     ]
@@ -168,10 +172,11 @@ def test_serving_locks_have_no_torch_and_train_gets_torch_from_its_own_pins() ->
         ("serve.txt", {"torch", "torchvision", "timm", "tensorflow"}),
         ("lambda.txt", {"torch", "torchvision", "timm", "tensorflow"}),
         ("train.txt", {"torch", "torchvision", "triton"}),  # PyPI's CUDA build and its parts
+        ("dev.txt", {"torch", "torchvision", "triton"}),
     ):
         names = {pin.name for pin in parse_lock(LOCKS / lock)}
         assert not names & heavy, lock
-        assert not any(name.startswith("nvidia-") for name in names), lock
+        assert not any(name.startswith(("nvidia-", "cuda-")) for name in names), lock
     torch_pins = {pin.name: pin for pin in parse_lock(LOCKS / "train-torch.txt")}
     assert set(torch_pins) == TORCH
     for requirement in direct_requirements(project(), ("train",)):
@@ -211,3 +216,42 @@ def test_images_install_only_from_their_locks_with_hashes(path: Path) -> None:
 def test_lock_parser_reads_every_requirer() -> None:
     numpy = [pin for pin in parse_lock(LOCKS / "serve.txt") if pin.name == "numpy"]
     assert numpy and all(SELF in pin.via and "onnxruntime" in pin.via for pin in numpy)
+
+
+def make_variable(name: str) -> str:
+    """A ``NAME ?= value`` or ``NAME := value`` line of the Makefile."""
+    match = re.search(rf"^{name} *[?:]?= *(.+)$", MAKEFILE.read_text("utf-8"), re.MULTILINE)
+    assert match, f"Makefile: no {name}"
+    return match[1].strip()
+
+
+def make_recipe(target: str) -> list[str]:
+    """The command lines of a Makefile target."""
+    lines = MAKEFILE.read_text("utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
+    recipe = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip())
+    return recipe
+
+
+def test_install_dev_installs_the_dev_lock_with_hashes_and_torch_by_its_pins() -> None:
+    extras = make_variable("DEV_EXTRAS").split(",")
+    # The lock holds what the editable install asks for (kaggle arrives through dev's imgclf[kaggle]).
+    assert [*extras, "kaggle"] == list(LOCK_EXTRAS["dev.txt"])
+    recipe = make_recipe("install-dev")
+    assert recipe[0] == "$(BIN)/pip install --quiet $(TORCH_PINS)"
+    assert "--require-hashes --no-deps -r deploy/locks/dev.txt" in recipe[1]
+    assert "--no-deps -e '.[$(DEV_EXTRAS)]'" in recipe[2]
+    assert recipe[3] == "$(BIN)/pip check"
+    assert len(recipe) == 4, "install-dev installs something the lock does not pin"
+    # The torch pins satisfy what the train extra asks for, and `make lock` resolves against them.
+    pins = {Requirement(text).name: Requirement(text) for text in make_variable("TORCH_PINS").split()}
+    assert set(pins) == TORCH
+    for requirement in direct_requirements(project(), ("train",)):
+        if requirement.name in TORCH:
+            (pin,) = pins[requirement.name].specifier
+            assert requirement.specifier.contains(pin.version), requirement
+    assert any('TORCH_PINS="$(TORCH_PINS)"' in line for line in make_recipe("lock"))
