@@ -96,25 +96,27 @@ class Measured:
     precision: str
     image_size: str
     test_top1: str
+    epochs: str = "-"
 
 
 def _load_average() -> str:
     return " / ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
-def _manifest_facts(out: Path) -> tuple[str, str, str]:
-    """Precision, serving size and test top-1 from the run's manifest (or its checkpoint run)."""
+def _manifest_facts(out: Path) -> tuple[str, str, str, str]:
+    """Precision, serving size, test top-1 and epochs from the run's manifest."""
     path = out / "manifest.json"
     if not path.is_file():
-        return "see log", "-", "- (stopped)"
+        return "see log", "-", "- (stopped)", "-"
     manifest = json.loads(path.read_text(encoding="utf-8"))
-    precision = manifest["training"]["precision"]
+    training = manifest["training"]
     size = str(manifest["preprocessing"]["input_size"])
+    epochs = f"{training['epochs_run']} of {training['epochs']}, best {training['best_epoch']}"
     test = manifest["metrics"].get("test", {})
     if "top1" not in test:
-        return precision["name"], size, "-"
+        return training["precision"]["name"], size, "-", epochs
     interval = f"{test['top1_ci95_low']:.1%}-{test['top1_ci95_high']:.1%}"
-    return precision["name"], size, f"{test['top1']:.2%} ({interval})"
+    return training["precision"]["name"], size, f"{test['top1']:.2%} ({interval})", epochs
 
 
 def _echo_stderr(child: subprocess.Popen[str]) -> list[str]:
@@ -154,14 +156,16 @@ def measure(run: Run, threads: int, workdir: Path, time_limit_s: float | None) -
     if timer is not None:
         timer.cancel()
     code = os.waitstatus_to_exitcode(status)
+    epochs = "-"
     if code == -signal.SIGKILL:
         precision, size, top1 = "see log", "-", f"stopped at {time_limit_s:.0f} s: {last_line[0]}"
     elif code != 0:
         sys.exit(f"{run.name} failed with exit code {code}")
     else:
-        precision, size, top1 = _manifest_facts(out)
+        precision, size, top1, epochs = _manifest_facts(out)
     cpu = usage.ru_utime + usage.ru_stime
-    measured = Measured(run, wall, cpu, usage.ru_maxrss / 1024, load, precision, size, top1)
+    rss = usage.ru_maxrss / 1024
+    measured = Measured(run, wall, cpu, rss, load, precision, size, top1, epochs)
     print(f"# {run.name}: {measured}", file=sys.stderr, flush=True)
     return measured
 
@@ -176,6 +180,7 @@ def render(results: list[Measured], threads: int, section: str = SECTION) -> str
             m.run.dataset,
             " ".join(m.run.options),
             m.image_size,
+            m.epochs,
             m.precision,
             f"{m.wall_s / 60:.1f} min",
             f"{m.cpu_s / 60:.1f} min",
@@ -186,7 +191,7 @@ def render(results: list[Measured], threads: int, section: str = SECTION) -> str
         ]
         for m in results
     ]
-    header = ["run", "dataset", "options", "px", "precision", "wall", "CPU", "peak RSS"]
+    header = ["run", "dataset", "options", "px", "epochs", "precision", "wall", "CPU", "peak RSS"]
     header += ["test top-1 (95% CI)"]
     header += ["goal", "load avg before (1/5/15 min)"]
     return "\n".join(
