@@ -239,7 +239,7 @@ def make_recipe(target: str) -> list[str]:
 
 def test_install_dev_installs_the_dev_lock_with_hashes_and_torch_by_its_pins() -> None:
     extras = make_variable("DEV_EXTRAS").split(",")
-    # The lock holds what the editable install asks for (kaggle arrives through dev's imgclf[kaggle]).
+    # The lock holds what the editable install asks for (kaggle comes with dev's imgclf[kaggle]).
     assert [*extras, "kaggle"] == list(LOCK_EXTRAS["dev.txt"])
     recipe = make_recipe("install-dev")
     assert recipe[0] == "$(BIN)/pip install --quiet $(TORCH_PINS)"
@@ -248,7 +248,8 @@ def test_install_dev_installs_the_dev_lock_with_hashes_and_torch_by_its_pins() -
     assert recipe[3] == "$(BIN)/pip check"
     assert len(recipe) == 4, "install-dev installs something the lock does not pin"
     # The torch pins satisfy what the train extra asks for, and `make lock` resolves against them.
-    pins = {Requirement(text).name: Requirement(text) for text in make_variable("TORCH_PINS").split()}
+    texts = make_variable("TORCH_PINS").split()
+    pins = {Requirement(text).name: Requirement(text) for text in texts}
     assert set(pins) == TORCH
     for requirement in direct_requirements(project(), ("train",)):
         if requirement.name in TORCH:
