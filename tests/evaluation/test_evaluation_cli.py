@@ -349,3 +349,56 @@ def test_bad_numbers_are_usage_errors(
 
     assert exit_info.value.code == 2
     assert "must be" in capsys.readouterr().err
+
+
+def _relabelled_copy(bundle: Path, root: Path, labels: list[str]) -> Path:
+    """The same model under other class names (so it is wrong wherever a name moved)."""
+    copy = shutil.copytree(bundle, root)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["labels"] = labels
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_compare_pairs_two_models_on_the_same_images(
+    tiny_bundle: Path, color_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Red and blue swap names: the other model is right on the 12 green test photos only.
+    swapped = _relabelled_copy(tiny_bundle, tmp_path / "swapped", ["blue", "green", "red"])
+    out = tmp_path / "report"
+    argv = ["--data", str(color_dataset), "--out", str(out), "--compare", str(swapped)]
+
+    code, stdout, _ = _evaluate(capsys, str(tiny_bundle), *argv)
+
+    assert code == 0
+    line = stdout.splitlines()[-1]
+    assert line.startswith("  test: 36 images, 100.00% vs colors 33.33%: +66.67 points")
+    assert "right only here 24, only there 0; McNemar p = 1.19e-07" in line
+    document = json.loads((out / "comparison.json").read_text())
+    (split,) = document["splits"]
+    assert (split["only_this"], split["only_other"], split["count"]) == (24, 0, 36)
+    assert split["mcnemar_p"] == pytest.approx(2 / 2**24)
+    low, high = split["difference_ci95"]
+    assert 0.45 < low < 2 / 3 < high <= 0.85
+    assert document["other"]["root"] == str(swapped)
+
+    # The same model with its classes listed in another order is matched by name: no difference.
+    reordered = tmp_path / "reordered"
+    shutil.copytree(tiny_bundle, reordered)
+    code, stdout, _ = _evaluate(capsys, str(tiny_bundle), *argv[:-1], str(reordered))
+    assert code == 0
+    assert "+0.00 points" in stdout and "McNemar p = 1" in stdout
+
+
+def test_compare_refuses_models_of_other_classes(
+    tiny_bundle: Path, color_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = _relabelled_copy(tiny_bundle, tmp_path / "other", ["red", "green", "yellow"])
+    argv = ["--data", str(color_dataset), "--out", str(tmp_path / "r"), "--compare", str(other)]
+
+    code, _, stderr = _evaluate(capsys, str(tiny_bundle), *argv)
+
+    assert code != 0
+    assert "cannot compare models with different classes" in stderr
+    assert "blue, yellow" in stderr
+    assert not (tmp_path / "r" / "comparison.json").exists()

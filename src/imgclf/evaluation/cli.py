@@ -5,6 +5,7 @@ Examples::
     imgclf evaluate runs/clothing --data datasets/clothing-small              # the test split
     imgclf evaluate runs/clothing --data datasets/clothing-small --split all  # train/val/test gap
     imgclf evaluate --data new-photos/ --artifact onnx                        # the bundled model
+    imgclf evaluate runs/new --data datasets/clothing-small --compare runs/old # paired test
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ def register(subparsers: Any) -> None:
         help="confident mistakes shown per split (0: no gallery)",
     )
     parser.add_argument("--threads", type=_positive_int, default=None, help="runtime threads")
+    parser.add_argument(
+        "--compare",
+        metavar="OTHER",
+        default=None,
+        help=(
+            "also run bundle OTHER on the same images and compare the two, paired: top-1 "
+            "difference with a 95%% bootstrap interval and McNemar's exact test "
+            "(written to comparison.json)"
+        ),
+    )
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -110,6 +121,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
     )
     print(format_summary(run))
+    if args.compare is not None:
+        from imgclf.evaluation.compare import compare_run
+
+        other = load_bundle(args.compare, verify=False)
+        comparisons = compare_run(
+            run,
+            bundle,
+            other,
+            artifact=args.artifact,
+            batch_size=args.batch_size,
+            threads=args.threads,
+            progress=sys.stderr.isatty(),
+        )
+        print(f"compared with {args.compare} ({other.manifest.name}), paired on the same images:")
+        for comparison in comparisons:
+            print("  " + comparison.describe(other.manifest.name))
     return 0
 
 
