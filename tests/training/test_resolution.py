@@ -8,7 +8,12 @@ import pytest
 
 from imgclf.bundle import load_bundle
 from imgclf.cli import main
-from imgclf.training.resolution import choose_epochs, choose_image_size, median_short_side
+from imgclf.training.resolution import (
+    choose_epochs,
+    choose_image_size,
+    default_patience,
+    median_short_side,
+)
 
 
 @pytest.mark.parametrize(
@@ -33,6 +38,11 @@ def test_epochs_rule_keeps_the_pixels_of_eight_epochs_at_the_backbone_size(
     assert epochs == expected
     assert ("fewer pixels" in reason) == (image_size < 224)
     assert ("at most 32" in reason) == (image_size == 96)  # 43.6 epochs' pixels, capped
+
+
+@pytest.mark.parametrize(("epochs", "expected"), [(1, 3), (8, 3), (16, 6), (24, 9), (32, 12)])
+def test_patience_grows_with_the_schedule(epochs: int, expected: int) -> None:
+    assert default_patience(epochs) == expected
 
 
 def test_median_short_side_reads_headers_and_skips_broken_files(tmp_path: Path) -> None:
@@ -77,7 +87,9 @@ def test_small_photos_get_the_longer_schedule_unless_epochs_are_given(tmp_path: 
     assert training["epochs"] == 24
     assert "spent at 128 px" in training["epochs_reason"]
     assert 1 <= training["epochs_run"] < 24
+    assert training["patience"] == 1
     assert main(["train", *common, "-o", str(tmp_path / "set"), "--epochs", "1"]) == 0
     training = load_bundle(tmp_path / "set").manifest.training
     assert (training["epochs"], training["epochs_reason"]) == (1, "--epochs given")
     assert training["epochs_run"] == 1
+    assert training["patience"] == 3  # the default for a 1-epoch schedule; the run above gave 1

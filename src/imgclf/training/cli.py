@@ -96,7 +96,8 @@ def register(subparsers: Any) -> None:
         "--patience",
         type=int,
         default=_DEFAULTS["patience"],
-        help="early stopping: epochs without a better validation score",
+        help="early stopping: epochs without a better validation score (default: 3 of every 8 "
+        "epochs of the schedule)",
     )
     parser.add_argument("--seed", type=int, default=_DEFAULTS["seed"])
     parser.add_argument(

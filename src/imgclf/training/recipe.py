@@ -63,7 +63,9 @@ class TrainConfig:
         ema_decay: Keep an exponential moving average of the weights with this decay (with
             warm-up, so early steps move it faster) and validate, keep and ship the average
             instead of the raw weights; 0 turns it off.
-        patience: Stop after this many epochs without a better validation score.
+        patience: Stop after this many epochs without a better validation score; None takes
+            3 of every 8 epochs of the schedule (3 for 8 epochs, 9 for 24), so a longer
+            schedule is not stopped by the noise of its high-learning-rate epochs.
         seed: Seed for splits, augmentation order and initialisation.
         val_fraction: Validation share carved from train when the data has no validation split.
         test_fraction: Test share carved when the data is a single folder of classes.
@@ -100,7 +102,7 @@ class TrainConfig:
     drop_rate: float = 0.2
     drop_path_rate: float = 0.1
     ema_decay: float = 0.0
-    patience: int = 3
+    patience: int | None = None
     seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -137,7 +139,7 @@ class TrainConfig:
                 f"crop_mode must be one of {', '.join(get_args(CropMode))}",
             ),
             (0.05 <= self.crop_scale <= 1, "crop_scale must be in [0.05, 1]"),
-            (self.patience >= 1, "patience must be >= 1"),
+            (self.patience is None or self.patience >= 1, "patience must be >= 1"),
             (
                 self.ema_decay == 0 or 0.9 <= self.ema_decay < 1,
                 "ema_decay must be 0 (off) or in [0.9, 1)",

@@ -12,7 +12,10 @@ The pixels a smaller input saves are spent on a longer schedule: the default fin
 the same at a smaller size (24 epochs at 128 px for a 224 px backbone). Measured on the
 cifar10-small validation split at equal compute, 9 epochs at 128 px reached 87.2% top-1 and 3
 epochs at 224 px 80.5% (docs/benchmarks.md). ``--epochs`` overrides it; the count and the reason
-are saved in ``manifest.training["epochs"]`` and ``["epochs_reason"]``.
+are saved in ``manifest.training["epochs"]`` and ``["epochs_reason"]``. Early stopping's default
+patience grows with the schedule (:func:`default_patience`): validation top-1 is noisy while the
+learning rate is high, and a 24-epoch schedule stopped by the default of 3 ended at its 15th
+epoch, before the cosine decay it was chosen for.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ BASE_EPOCHS = 8
 #: Never more than this by default: decoding, augmenting and each layer's fixed cost per image
 #: do not shrink with its pixels, so a very small input would make the schedule slower, not equal.
 MAX_EPOCHS = 4 * BASE_EPOCHS
+#: Default early-stopping patience per epoch of the schedule: 3 of the default 8.
+PATIENCE_SHARE = 3 / 8
 #: Photos whose headers are read to find the typical size (evenly spread over the list).
 SAMPLE = 200
 
@@ -82,3 +87,8 @@ def choose_epochs(image_size: int, backbone_size: int) -> tuple[int, str]:
         f"{BASE_EPOCHS} epochs' pixels at the backbone's {backbone_size} px, spent at "
         f"{image_size} px ({ratio:.1f}x fewer pixels per image{capped})"
     )
+
+
+def default_patience(epochs: int) -> int:
+    """Early-stopping patience for a schedule of ``epochs``: :data:`PATIENCE_SHARE` of it, >= 3."""
+    return max(3, round(epochs * PATIENCE_SHARE))

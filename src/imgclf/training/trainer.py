@@ -54,7 +54,12 @@ from imgclf.training.head import (
 from imgclf.training.images import Augmenter, DecodedSplit, Pixels, decode_split
 from imgclf.training.precision import FP32, Precision, choose_precision
 from imgclf.training.recipe import TrainConfig
-from imgclf.training.resolution import choose_epochs, choose_image_size, median_short_side
+from imgclf.training.resolution import (
+    choose_epochs,
+    choose_image_size,
+    default_patience,
+    median_short_side,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +102,7 @@ class Prepared:
     image_size_reason: str = ""
     epochs: int = 0
     epochs_reason: str = ""
+    patience: int = 3
     precision: Precision = FP32
     procs: Processes = SINGLE
 
@@ -154,7 +160,8 @@ def prepare(
     if epochs is None:
         backbone_size = default_preprocess_config(config.backbone).input_size
         epochs, epochs_reason = choose_epochs(preprocess.input_size, backbone_size)
-    note(f"fine-tuning: up to {epochs} epochs ({epochs_reason})")
+    patience = default_patience(epochs) if config.patience is None else config.patience
+    note(f"fine-tuning: up to {epochs} epochs ({epochs_reason}), patience {patience}")
     return Prepared(
         dataset,
         preprocess,
@@ -164,6 +171,7 @@ def prepare(
         size_reason,
         epochs,
         epochs_reason,
+        patience,
         procs=procs,
     )
 
@@ -327,7 +335,7 @@ def _finetune(
             rng.bit_generator.state = resumed["rng"]["numpy"]
             torch.set_rng_state(resumed["rng"]["torch"])
     target = prep.epochs if stop_after is None else min(prep.epochs, loop.epoch + stop_after)
-    while loop.epoch < target and loop.stale_epochs < config.patience:
+    while loop.epoch < target and loop.stale_epochs < prep.patience:
         epoch = loop.epoch + 1
         batches = None
         if procs.enabled:
@@ -616,6 +624,7 @@ def _training_record(
         "image_size_reason": prep.image_size_reason,
         "epochs": prep.epochs,
         "epochs_reason": prep.epochs_reason,
+        "patience": prep.patience,
         "threads": torch.get_num_threads(),
         "processes": prep.procs.world_size,
         "torch_version": torch.__version__,
@@ -705,7 +714,7 @@ def _train(
     mark = time.perf_counter()
     loop = _finetune(model, prep, config, loop, checkpoint, resumed, stop_after)
     timings["finetune_s"] = time.perf_counter() - mark
-    if loop.epoch < prep.epochs and loop.stale_epochs < config.patience:
+    if loop.epoch < prep.epochs and loop.stale_epochs < prep.patience:
         log.info("stopped after epoch %d; continue with resume=True", loop.epoch)
         return None
     if not procs.is_main:
