@@ -47,8 +47,9 @@ install-serve: $(BIN)/python
 serve: install-serve
 	$(BIN)/imgclf serve --host $(HOST) --port $(PORT)
 
-# Everything but torch comes from a hash-checked lock (deploy/locks/dev.txt, from the same extras
-# as DEV_EXTRAS), so CI and every developer test the same versions the images run.
+# Everything but torch, torchvision and their CUDA libraries (installed by version from TORCH_PINS)
+# comes from a hash-checked lock (deploy/locks/dev.txt, resolved from the extras in DEV_EXTRAS), so
+# CI and every developer test the same versions the images run.
 DEV_EXTRAS := serve,grpc,lambda,train,ray,s3,dev
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH_PINS)

@@ -19,36 +19,43 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 UV=${UV:-uv}
+: "${TORCH_PINS:?set TORCH_PINS to the torch pins of the Makefile, as make lock does}"
 given=("$@")
 compile() {
+    # ${given[@]+...}: an empty array under set -u, on the bash 3.2 of macOS too
     "$UV" pip compile --quiet --universal --python-version 3.11 --generate-hashes \
-        --custom-compile-command "make lock" "${given[@]}" "$@"
+        --custom-compile-command "make lock" ${given[@]+"${given[@]}"} "$@"
 }
 compile pyproject.toml --extra serve --extra grpc --extra s3 -o deploy/locks/serve.txt
 compile pyproject.toml --extra lambda -o deploy/locks/lambda.txt
 compile deploy/locks/build.in -o deploy/locks/build.txt
 
-# torch, torchvision and PyTorch's CUDA parts in a full resolution, as --no-emit-package flags.
-heavy() {
+# torch, torchvision and PyTorch's CUDA parts in a full resolution, as --no-emit-package flags
+# in the array `exclude` (no mapfile: bash 3.2 has none).
+exclude_heavy() {
     local name
+    exclude=()
     for name in $(grep -oE '^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z0-9-]+)==' "$1" | tr -d '='); do
-        printf -- '--no-emit-package\n%s\n' "$name"
+        exclude+=(--no-emit-package "$name")
     done
 }
 full=$(mktemp)
 pins=$(mktemp)
 trap 'rm -f "$full" "$pins"' EXIT
 
-# The train resolution once in full, to read the torch versions and the CUDA-only packages.
+# The train resolution once in full, to read the torch versions and the CUDA-only packages; it
+# starts from the current pins, so torch too stays where pyproject.toml still allows it.
+cat deploy/locks/train-torch.txt deploy/locks/train.txt > "$full"
 compile pyproject.toml --extra train --no-annotate --no-header -o "$full"
 grep -E '^(torch|torchvision)==' "$full" | sed -E 's/ .*//; s/\\$//' > deploy/locks/train-torch.txt
-mapfile -t exclude < <(heavy "$full")
+exclude_heavy "$full"
 compile pyproject.toml --extra train "${exclude[@]}" -o deploy/locks/train.txt
 
 # The development and CI environment: every extra `make install-dev` installs, resolved against
 # the Makefile's torch pins (passed by `make lock`), without torch and its parts, as train.txt.
-printf '%s\n' ${TORCH_PINS:?set TORCH_PINS, as make lock does} > "$pins"
+printf '%s\n' $TORCH_PINS > "$pins"
 dev=(--extra serve --extra grpc --extra lambda --extra train --extra ray --extra s3 --extra dev)
+cp deploy/locks/dev.txt "$full" 2>/dev/null || : > "$full"
 compile pyproject.toml "${dev[@]}" -c "$pins" --no-annotate --no-header -o "$full"
-mapfile -t exclude < <(heavy "$full")
+exclude_heavy "$full"
 compile pyproject.toml "${dev[@]}" -c "$pins" "${exclude[@]}" -o deploy/locks/dev.txt

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from imgclf.errors import BundleError
-from imgclf.evaluation.compare import column_order, mcnemar_exact, paired_bootstrap_interval
+from imgclf.data import ImageRecord
+from imgclf.errors import BundleError, DatasetError
+from imgclf.evaluation.compare import (
+    column_order,
+    compare_predictions,
+    mcnemar_exact,
+    paired_bootstrap_interval,
+)
+from imgclf.evaluation.results import SplitPredictions
 
 
 @pytest.mark.parametrize(
@@ -46,3 +55,36 @@ def test_columns_are_matched_by_class_name() -> None:
     assert column_order(["a", "b", "c"], ["c", "a", "b"]) == [1, 2, 0]
     with pytest.raises(BundleError, match="in one and not the other: c, d"):
         column_order(["a", "b", "c"], ["a", "b", "d"])
+
+
+def _predictions(paths: list[str], labels: list[int], predicted: list[int]) -> SplitPredictions:
+    """One-hot predictions of ``predicted`` classes (of 3) for records with ``labels``."""
+    records = [ImageRecord(Path(path), label) for path, label in zip(paths, labels, strict=True)]
+    return SplitPredictions(records, np.eye(3, dtype=np.float32)[predicted])
+
+
+def test_predictions_are_paired_by_path_and_class_name() -> None:
+    # This model: classes a, b, c. The other lists them c, a, b (a 3-cycle, not its own inverse),
+    # reads the images in another order, and could not read "4.jpg".
+    this = _predictions(["1.jpg", "2.jpg", "3.jpg", "4.jpg"], [0, 1, 2, 0], [0, 1, 2, 1])
+    order = column_order(["a", "b", "c"], ["c", "a", "b"])
+    # Its columns are (c, a, b): 3.jpg predicted c (right), 1.jpg a (right), 2.jpg c (wrong).
+    other = SplitPredictions(
+        [
+            ImageRecord(Path("3.jpg"), 2),
+            ImageRecord(Path("1.jpg"), 0),
+            ImageRecord(Path("2.jpg"), 1),
+        ],
+        np.eye(3, dtype=np.float32)[[0, 1, 0]],
+    )
+    result = compare_predictions(this, other, order, "test")
+    assert result.count == 3  # 4.jpg only one model read
+    assert (result.top1, result.other_top1) == (1.0, pytest.approx(2 / 3))
+    assert (result.only_this, result.only_other) == (1, 0)
+
+
+def test_no_image_in_common_is_an_error() -> None:
+    this = _predictions(["1.jpg"], [0], [0])
+    other = _predictions(["2.jpg"], [0], [0])
+    with pytest.raises(DatasetError, match="no image was read by both models"):
+        compare_predictions(this, other, [0, 1, 2], "test")

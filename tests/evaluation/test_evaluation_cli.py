@@ -382,12 +382,32 @@ def test_compare_pairs_two_models_on_the_same_images(
     assert 0.45 < low < 2 / 3 < high <= 0.85
     assert document["other"]["root"] == str(swapped)
 
-    # The same model with its classes listed in another order is matched by name: no difference.
-    reordered = tmp_path / "reordered"
-    shutil.copytree(tiny_bundle, reordered)
-    code, stdout, _ = _evaluate(capsys, str(tiny_bundle), *argv[:-1], str(reordered))
+    # The same model twice: no difference, no evidence either way.
+    same = tmp_path / "same"
+    shutil.copytree(tiny_bundle, same)
+    code, stdout, _ = _evaluate(capsys, str(tiny_bundle), *argv[:-1], str(same))
     assert code == 0
-    assert "+0.00 points" in stdout and "McNemar p = 1" in stdout
+    assert "+0.00 points" in stdout and "McNemar p = 1" in stdout and "warning" not in stdout
+
+
+def test_compare_warns_when_the_other_model_was_trained_on_another_carving(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = write_color_dataset(tmp_path / "photos", per_class=10, splits=("",))
+    other = shutil.copytree(tiny_bundle, tmp_path / "other")
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["training"] = {"seed": 1}
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "r"
+    argv = ["--data", str(photos), "--split", "test", "--out", str(out), "--compare", str(other)]
+
+    code, stdout, _ = _evaluate(capsys, str(tiny_bundle), *argv)
+
+    assert code == 0
+    assert "warning: the splits were carved with {'seed': 0," in stdout
+    assert "trained on a split carved with {'seed': 1," in stdout
+    (warning,) = json.loads((out / "comparison.json").read_text())["warnings"]
+    assert "may be in its training data" in warning
 
 
 def test_compare_refuses_models_of_other_classes(
@@ -401,4 +421,4 @@ def test_compare_refuses_models_of_other_classes(
     assert code != 0
     assert "cannot compare models with different classes" in stderr
     assert "blue, yellow" in stderr
-    assert not (tmp_path / "r" / "comparison.json").exists()
+    assert not (tmp_path / "r").exists()  # refused before the first model ran

@@ -86,10 +86,26 @@ def test_small_photos_get_the_longer_schedule_unless_epochs_are_given(tmp_path: 
     training = load_bundle(tmp_path / "auto").manifest.training
     assert training["epochs"] == 24
     assert "spent at 128 px" in training["epochs_reason"]
-    assert 1 <= training["epochs_run"] < 24
+    assert 1 <= training["epochs_run"] <= 24
     assert training["patience"] == 1
     assert main(["train", *common, "-o", str(tmp_path / "set"), "--epochs", "1"]) == 0
     training = load_bundle(tmp_path / "set").manifest.training
     assert (training["epochs"], training["epochs_reason"]) == (1, "--epochs given")
     assert training["epochs_run"] == 1
     assert training["patience"] == 3  # the default for a 1-epoch schedule; the run above gave 1
+
+
+@pytest.mark.slow  # trains a model: seconds
+def test_a_resumed_run_keeps_the_schedule_it_started_with(tmp_path: Path) -> None:
+    from imgtools import write_color_dataset
+
+    data = write_color_dataset(tmp_path / "tiny", per_class=4, size=(32, 32))
+    out = str(tmp_path / "run")
+    common = [str(data), "-o", out, "--batch-size", "4", "--threads", "2", "--no-report"]
+    assert main(["train", *common, "--epochs", "2", "--patience", "5", "--stop-after", "1"]) == 0
+    # Without --epochs and --patience the defaults at 128 px would be 24 and 9.
+    assert main(["train", *common, "--no-export", "--resume"]) == 0
+    training = load_bundle(out).manifest.training
+    assert (training["epochs"], training["patience"]) == (2, 5)
+    assert training["epochs_reason"] == "the interrupted run's schedule"
+    assert training["epochs_run"] == 2

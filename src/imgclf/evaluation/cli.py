@@ -106,6 +106,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from imgclf.evaluation.runner import run_evaluation
 
     bundle = load_bundle(args.bundle, verify=False)
+    other = None
+    if args.compare is not None:  # refused before the first model runs, not after
+        from imgclf.evaluation.compare import column_order
+
+        other = load_bundle(args.compare, verify=False)
+        column_order(bundle.labels, other.labels)
     splits = [s.strip() for s in args.split.split(",") if s.strip()] if args.split else None
     given_root = bundle.root if args.bundle is not None else None
     out_dir = args.out or default_out_dir(given_root, bundle.manifest.name)
@@ -121,10 +127,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
     )
     print(format_summary(run))
-    if args.compare is not None:
-        from imgclf.evaluation.compare import compare_run
+    if other is not None:
+        from imgclf.evaluation.compare import compare_run, split_warnings
 
-        other = load_bundle(args.compare, verify=False)
         comparisons = compare_run(
             run,
             bundle,
@@ -137,6 +142,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"compared with {args.compare} ({other.manifest.name}), paired on the same images:")
         for comparison in comparisons:
             print("  " + comparison.describe(other.manifest.name))
+        for warning in split_warnings(run, bundle, other):
+            print(f"  warning: {warning}")
     return 0
 
 

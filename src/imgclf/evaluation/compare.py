@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgclf.errors import BundleError
+from imgclf.errors import BundleError, DatasetError
 from imgclf.evaluation.results import SplitPredictions
+from imgclf.evaluation.splits import carving_settings
 
 if TYPE_CHECKING:
     from imgclf.bundle import Bundle
@@ -134,9 +135,15 @@ def compare_predictions(
     """Pair two models' predictions of one split by image path.
 
     ``order`` maps this model's classes to the other's output columns (:func:`column_order`).
+    Images only one of them could read are left out of both.
+
+    Raises:
+        DatasetError: No image was read by both.
     """
     other_rows: dict[Path, int] = {record.path: i for i, record in enumerate(other.records)}
     mine = [i for i, record in enumerate(this.records) if record.path in other_rows]
+    if not mine:
+        raise DatasetError(f"split {split!r}: no image was read by both models; nothing to compare")
     theirs = [other_rows[this.records[i].path] for i in mine]
     labels = this.labels[mine]
     right = this.probs[mine].argmax(axis=1) == labels
@@ -147,8 +154,8 @@ def compare_predictions(
     return PairedComparison(
         split=split,
         count=count,
-        top1=float(right.mean()) if count else 0.0,
-        other_top1=float(other_right.mean()) if count else 0.0,
+        top1=float(right.mean()),
+        other_top1=float(other_right.mean()),
         only_this=only_this,
         only_other=only_other,
         p_value=mcnemar_exact(only_this, only_other),
@@ -172,14 +179,17 @@ def compare_run(
 
     Raises:
         BundleError: ``other`` cannot be opened or classifies other classes.
+        DatasetError: A split has no image both models could read.
     """
     from imgclf.evaluation.runner import ModelRunner
 
     order = column_order(this.labels, other.labels)
     runner = ModelRunner.open(other, artifact, threads=threads)
     comparisons = []
+    skipped = 0
     for name, records in run.data.splits.items():
         theirs = runner.predict(records, batch_size=batch_size, split=name, progress=progress)
+        skipped += len(theirs.problems)
         comparisons.append(compare_predictions(run.predictions[name], theirs, order, name))
     document = {
         "this": {
@@ -192,9 +202,29 @@ def compare_run(
             "version": other.manifest.version,
             "artifact": runner.artifact,
             "root": str(other.root),
+            "unreadable_images": skipped,
         },
         "splits": [comparison.to_dict() for comparison in comparisons],
+        "warnings": split_warnings(run, this, other),
     }
     path = run.report.parent / "comparison.json"
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return comparisons
+
+
+def split_warnings(run: EvaluationRun, this: Bundle, other: Bundle) -> list[str]:
+    """Why the comparison may favour ``other``.
+
+    Splits carved from a folder follow this model's seed and fractions; ``other``, trained with
+    other ones, may have trained on some of these images.
+    """
+    if run.data.carved_with is None:
+        return []
+    theirs = carving_settings(other.manifest.training)
+    if theirs == run.data.carved_with:
+        return []
+    return [
+        f"the splits were carved with {run.data.carved_with}, but {other.manifest.name} was "
+        f"trained on a split carved with {theirs}: some of these images may be in its training "
+        "data, which favours it"
+    ]

@@ -43,12 +43,15 @@ class EvaluationData:
         splits: Split name -> records, in report order.
         problems: Files skipped before evaluation (not images, unknown extensions).
         notes: Facts worth showing in the report (e.g. how a split was carved).
+        carved_with: The :data:`CARVING` settings the splits were carved with, as training
+            carves them from a folder that lacks them; None when they are folders of their own.
     """
 
     root: Path | None
     splits: dict[str, list[ImageRecord]]
     problems: list[DatasetProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    carved_with: dict[str, Any] | None = None
 
 
 def remap_records(
@@ -202,13 +205,23 @@ def _carves_validation(split_dirs: Mapping[str, Path], requested: Sequence[str] 
     )
 
 
+#: The settings ``imgclf train`` carves validation and test splits with, and their defaults.
+CARVING: dict[str, Any] = {"seed": 0, "val_fraction": 0.1, "test_fraction": 0.1}
+
+
+def carving_settings(training: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`CARVING` settings a model was trained with (its manifest's ``training``)."""
+    return {key: training.get(key, default) for key, default in CARVING.items()}
+
+
 def _carved(
     root: Path, labels: Sequence[str], requested: Sequence[str], training: Mapping[str, Any]
 ) -> EvaluationData:
     """Re-create the seeded stratified split imgclf train makes where folders are missing."""
-    seed = int(training.get("seed", 0))
-    val_fraction = float(training.get("val_fraction", 0.1))
-    test_fraction = float(training.get("test_fraction", 0.1))
+    settings = carving_settings(training)
+    seed = int(settings["seed"])
+    val_fraction = float(settings["val_fraction"])
+    test_fraction = float(settings["test_fraction"])
     dataset = load_dataset(
         root,
         val_fraction=val_fraction,
@@ -217,6 +230,7 @@ def _carved(
         check_images=False,
     )
     data = from_dataset_splits(dataset, labels, requested)
+    data.carved_with = settings
     data.notes.append(
         f"{', '.join(data.splits)}: re-created the seeded stratified split imgclf train makes "
         f"of {root} (seed {seed}, validation fraction {val_fraction:g}, test fraction "

@@ -387,7 +387,8 @@ def _finetune(
         else:
             loop.stale_epochs += 1
         payload = {
-            "config": config.to_dict(),
+            # The schedule as resolved, so a resumed run keeps it (see _adopt_schedule).
+            "config": {**config.to_dict(), "epochs": prep.epochs, "patience": prep.patience},
             "labels": prep.dataset.classes,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -536,6 +537,18 @@ def _release_train_pixels(prep: Prepared, config: TrainConfig) -> None:
     train = prep.splits["train"]
     if prep.epochs > 0 and not config.eval_train:
         train.eval_pixels = train.eval_pixels.emptied()
+
+
+def _adopt_schedule(prep: Prepared, config: TrainConfig, saved: dict[str, Any]) -> None:
+    """A resumed run keeps the interrupted run's epochs and patience unless they are given again.
+
+    The defaults depend on the input size, and an interrupted run may have set them itself.
+    """
+    if config.epochs is None and isinstance(saved.get("epochs"), int):
+        prep.epochs, prep.epochs_reason = saved["epochs"], "the interrupted run's schedule"
+    if config.patience is None and isinstance(saved.get("patience"), int):
+        prep.patience = saved["patience"]
+    note(f"resuming: up to {prep.epochs} epochs ({prep.epochs_reason}), patience {prep.patience}")
 
 
 def _read_checkpoint(checkpoint: Path, config: TrainConfig, labels: list[str]) -> dict[str, Any]:
@@ -703,6 +716,7 @@ def _train(
         if procs.is_main:  # the bundle's writer
             prep.precision = _choose_precision(model, prep, config, None)  # recorded, not used
         resumed = _resume(model, checkpoint, config, labels, procs)
+        _adopt_schedule(prep, config, resumed["config"])
         loop, head_features, extract = LoopState(**resumed["loop"]), None, None
     else:
         mark = time.perf_counter()
