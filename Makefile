@@ -114,7 +114,7 @@ format: install-dev
 # kept; LOCK_ARGS=--upgrade moves every pin to the newest release allowed.
 lock: $(BIN)/python
 	$(BIN)/pip install --quiet 'uv>=0.5'
-	UV=$(BIN)/uv TORCH_PINS="$(TORCH_PINS)" deploy/locks/update.sh $(LOCK_ARGS)
+	UV=$(BIN)/uv TORCH_PINS="$(TORCH_PINS)" DEV_EXTRAS="$(DEV_EXTRAS)" deploy/locks/update.sh $(LOCK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TFLITE_VENV) $(TFSERVING_VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -10,7 +10,7 @@
 #               they come from PyTorch's CPU wheel index at the versions in train-torch.txt (PyPI's
 #               builds are the CUDA ones and pull GBs of nvidia-* libraries, kept out of the lock)
 #   build.txt   setuptools + wheel    the stage that builds the imgclf wheel
-#   dev.txt     base + every extra    `make install-dev` (tests and CI), without torch, torchvision
+#   dev.txt     base + DEV_EXTRAS     `make install-dev` (tests and CI), without torch, torchvision
 #               and their CUDA parts, like train.txt: those come from the Makefile's TORCH_PINS,
 #               which this resolution is constrained to
 #
@@ -20,6 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 UV=${UV:-uv}
 : "${TORCH_PINS:?set TORCH_PINS to the torch pins of the Makefile, as make lock does}"
+: "${DEV_EXTRAS:?set DEV_EXTRAS to the extras install-dev installs (a,b,c), as make lock does}"
 given=("$@")
 compile() {
     # ${given[@]+...}: an empty array under set -u, on the bash 3.2 of macOS too
@@ -52,9 +53,12 @@ exclude_heavy "$full"
 compile pyproject.toml --extra train "${exclude[@]}" -o deploy/locks/train.txt
 
 # The development and CI environment: every extra `make install-dev` installs, resolved against
-# the Makefile's torch pins (passed by `make lock`), without torch and its parts, as train.txt.
+# the Makefile's torch pins (both passed by `make lock`), without torch and its parts, as train.txt.
 printf '%s\n' $TORCH_PINS > "$pins"
-dev=(--extra serve --extra grpc --extra lambda --extra train --extra ray --extra s3 --extra dev)
+dev=()
+for extra in ${DEV_EXTRAS//,/ }; do
+    dev+=(--extra "$extra")
+done
 cp deploy/locks/dev.txt "$full" 2>/dev/null || : > "$full"
 compile pyproject.toml "${dev[@]}" -c "$pins" --no-annotate --no-header -o "$full"
 exclude_heavy "$full"

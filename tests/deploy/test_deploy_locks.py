@@ -255,4 +255,5 @@ def test_install_dev_installs_the_dev_lock_with_hashes_and_torch_by_its_pins() -
         if requirement.name in TORCH:
             (pin,) = pins[requirement.name].specifier
             assert requirement.specifier.contains(pin.version), requirement
-    assert any('TORCH_PINS="$(TORCH_PINS)"' in line for line in make_recipe("lock"))
+    (command,) = [line for line in make_recipe("lock") if "update.sh" in line]
+    assert 'TORCH_PINS="$(TORCH_PINS)"' in command and 'DEV_EXTRAS="$(DEV_EXTRAS)"' in command

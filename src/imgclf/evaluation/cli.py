@@ -128,9 +128,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     print(format_summary(run))
     if other is not None:
-        from imgclf.evaluation.compare import compare_run, split_warnings
+        from imgclf.evaluation.compare import compare_run
 
-        comparisons = compare_run(
+        comparisons, warnings = compare_run(
             run,
             bundle,
             other,
@@ -142,7 +142,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"compared with {args.compare} ({other.manifest.name}), paired on the same images:")
         for comparison in comparisons:
             print("  " + comparison.describe(other.manifest.name))
-        for warning in split_warnings(run, bundle, other):
+        for warning in warnings:
             print(f"  warning: {warning}")
     return 0
 

@@ -172,10 +172,11 @@ def compare_run(
     batch_size: int = 32,
     threads: int | None = None,
     progress: bool = False,
-) -> list[PairedComparison]:
+) -> tuple[list[PairedComparison], list[str]]:
     """Run ``other`` on the images ``run`` evaluated; compare it split by split.
 
-    Writes ``comparison.json`` next to the run's report.
+    Writes ``comparison.json`` next to the run's report. Returns the comparisons and the
+    warnings about them (:func:`split_warnings`).
 
     Raises:
         BundleError: ``other`` cannot be opened or classifies other classes.
@@ -191,6 +192,7 @@ def compare_run(
         theirs = runner.predict(records, batch_size=batch_size, split=name, progress=progress)
         skipped += len(theirs.problems)
         comparisons.append(compare_predictions(run.predictions[name], theirs, order, name))
+    warnings = split_warnings(run, this, other)
     document = {
         "this": {
             "name": this.manifest.name,
@@ -205,11 +207,11 @@ def compare_run(
             "unreadable_images": skipped,
         },
         "splits": [comparison.to_dict() for comparison in comparisons],
-        "warnings": split_warnings(run, this, other),
+        "warnings": warnings,
     }
     path = run.report.parent / "comparison.json"
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    return comparisons
+    return comparisons, warnings
 
 
 def split_warnings(run: EvaluationRun, this: Bundle, other: Bundle) -> list[str]:

@@ -107,11 +107,12 @@ class Prepared:
     procs: Processes = SINGLE
 
 
-def _preprocess_for(dataset: DatasetSplits, config: TrainConfig) -> tuple[PreprocessConfig, str]:
+def _preprocess_for(
+    dataset: DatasetSplits, config: TrainConfig, backbone_size: int
+) -> tuple[PreprocessConfig, str]:
     """The serving preprocessing to train for, and why its input size was chosen."""
     image_size, reason = config.image_size, "--image-size given"
     if image_size is None:
-        backbone_size = default_preprocess_config(config.backbone).input_size
         short_side = median_short_side([r.path for r in dataset.splits["train"]])
         image_size, reason = choose_image_size(short_side, backbone_size)
     preprocess = default_preprocess_config(config.backbone, image_size)
@@ -141,7 +142,8 @@ def prepare(
     for split in ("train", "validation"):
         if not dataset.splits.get(split):
             raise DatasetError(f"{dataset.root}: no usable {split} images; training needs both")
-    preprocess, size_reason = _preprocess_for(dataset, config)
+    backbone_size = default_preprocess_config(config.backbone).input_size
+    preprocess, size_reason = _preprocess_for(dataset, config, backbone_size)
     note(f"image size: {preprocess.input_size} px ({size_reason})")
     count = len(dataset.splits)
     decoded = {
@@ -158,7 +160,6 @@ def prepare(
     train_size = config.resolved_train_size(preprocess.input_size)
     epochs, epochs_reason = config.epochs, "--epochs given"
     if epochs is None:
-        backbone_size = default_preprocess_config(config.backbone).input_size
         epochs, epochs_reason = choose_epochs(preprocess.input_size, backbone_size)
     patience = default_patience(epochs) if config.patience is None else config.patience
     note(f"fine-tuning: up to {epochs} epochs ({epochs_reason}), patience {patience}")
